@@ -1,0 +1,96 @@
+// crossfuse._C: the C++/CUDA kernels. No libtorch: Python passes pointers, sizes, strides, dtype codes
+// and the CUDA stream; tensors are allocated by torch on the Python side.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <vector>
+#include "crossfuse/cell.h"
+
+#ifdef CROSSFUSE_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace py = pybind11;
+using namespace crossfuse;
+
+namespace crossfuse {
+void rnn_cell_cpu(const CellArgs&, bool);
+void lstm_cell_cpu(const CellArgs&, bool);
+void gru_cell_cpu(const CellArgs&, bool);
+#ifdef CROSSFUSE_WITH_CUDA
+void rnn_cell_cuda(const CellArgs&, bool, cudaStream_t);
+void lstm_cell_cuda(const CellArgs&, bool, cudaStream_t);
+void gru_cell_cuda(const CellArgs&, bool, cudaStream_t);
+#endif
+}  // namespace crossfuse
+
+namespace {
+
+// slots: 3 ints per CellSlot (data pointer, row stride, column stride); pointer 0 = absent.
+CellArgs make_cell_args(int kind, int dtype, int64_t B, int64_t H, bool backward, const std::vector<int64_t>& slots) {
+  if (slots.size() != 3 * kNumCellSlots)
+    throw std::invalid_argument("crossfuse cell: expected " + std::to_string(3 * kNumCellSlots) + " slot values, got " +
+                                std::to_string(slots.size()));
+  if (B < 0 || H < 0) throw std::invalid_argument("crossfuse cell: negative size");
+  if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("crossfuse cell: wrong kind " + std::to_string(kind));
+  CellArgs a;
+  a.kind = kind; a.dtype = dtype; a.B = B; a.H = H;
+  for (int s = 0; s < kNumCellSlots; ++s)
+    a.v[s] = View{reinterpret_cast<void*>(slots[3 * s]), slots[3 * s + 1], slots[3 * s + 2]};
+  // What every kernel dereferences without checking; absent states and biases read as zeros.
+  std::vector<int> need = backward ? std::vector<int>{kDgi} : std::vector<int>{kGi, kHy};
+  if (backward && (kind == kLstm || kind == kGru)) need.push_back(kWs);
+  if (backward && kind < kLstm) need.push_back(kHy);
+  if (backward && kind == kGru) need.push_back(kDgh);
+  if (!backward && kind == kLstm) need.push_back(kCy);
+  if (B * H > 0)
+    for (int s : need)
+      if (!a.v[s].present()) throw std::invalid_argument("crossfuse cell: missing argument slot " + std::to_string(s));
+  return a;
+}
+
+template <void (*F)(const CellArgs&, bool)>
+void cpu_entry(int kind, int dtype, int64_t B, int64_t H, bool backward, const std::vector<int64_t>& slots) {
+  CellArgs a = make_cell_args(kind, dtype, B, H, backward, slots);
+  if (B * H == 0) return;
+  py::gil_scoped_release nogil;
+  F(a, backward);
+}
+
+#ifdef CROSSFUSE_WITH_CUDA
+template <void (*F)(const CellArgs&, bool, cudaStream_t)>
+void cuda_entry(int kind, int dtype, int64_t B, int64_t H, bool backward, const std::vector<int64_t>& slots,
+                uintptr_t stream) {
+  CellArgs a = make_cell_args(kind, dtype, B, H, backward, slots);
+  if (B * H == 0) return;
+  F(a, backward, reinterpret_cast<cudaStream_t>(stream));
+}
+#endif
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "crossfuse native kernels";
+  const char* sig = "kind, dtype, B, H, backward, slots";
+  auto cpu = m.def_submodule("cpu", "CPU kernels");
+  cpu.def("rnn_cell", &cpu_entry<rnn_cell_cpu>, sig);
+  cpu.def("lstm_cell", &cpu_entry<lstm_cell_cpu>, sig);
+  cpu.def("gru_cell", &cpu_entry<gru_cell_cpu>, sig);
+#ifdef _OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+#ifdef CROSSFUSE_WITH_CUDA
+  auto cuda = m.def_submodule("cuda", "CUDA kernels");
+  cuda.def("rnn_cell", &cuda_entry<rnn_cell_cuda>);
+  cuda.def("lstm_cell", &cuda_entry<lstm_cell_cuda>);
+  cuda.def("gru_cell", &cuda_entry<gru_cell_cuda>);
+  m.attr("cuda_archs") = CROSSFUSE_CUDA_ARCHS;
+  cuda.def("device_count", []() {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+  });
+#else
+  m.attr("cuda_archs") = "";
+#endif
+}

@@ -1,0 +1,99 @@
+"""Triton helpers shared by the crossfuse kernels: fp32 activations, optional strided loads, the launch
+configs of the elementwise kernels and the specs the AOT compile check walks."""
+import torch
+import triton
+import triton.language as tl
+
+# (BLOCK, num_warps) the elementwise launchers choose from; the AOT check compiles each.
+ELEMENTWISE_CONFIGS = ((256, 2), (1024, 4))
+_TL_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def pick_elementwise_config(n: int):
+    return ELEMENTWISE_CONFIGS[0] if n <= 16384 else ELEMENTWISE_CONFIGS[1]
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def tanh(x):
+    # sign(x) (1 - e) / (1 + e), e = exp(-2|x|): no overflow, no cancellation for large |x|
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def row_col(B, H, BLOCK: tl.constexpr):
+    """Flat (row, column) indices of this program's elements of a (B, H) grid, in int64."""
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    b = idx // H
+    return b, idx - b * H, idx < B * H
+
+
+@triton.jit
+def load(ptr, s0, s1, b, col, mask, HAS: tl.constexpr):
+    """fp32 values of an optional strided 2-D tensor; zeros when absent."""
+    if HAS:
+        return tl.load(ptr + b * s0 + col * s1, mask=mask, other=0.0).to(tl.float32)
+    else:
+        return (col * 0).to(tl.float32)
+
+
+@triton.jit
+def store(ptr, s0, s1, b, col, mask, val, HAS: tl.constexpr = True):
+    if HAS:
+        tl.store(ptr + b * s0 + col * s1, val.to(ptr.dtype.element_ty), mask=mask)
+
+
+def slot_args(views: dict, names, dummy: torch.Tensor):
+    """(tensor, row stride, column stride) per slot, and HAS_<SLOT> flags; biases broadcast over rows."""
+    args, flags = [], {}
+    for name in names:
+        t = views.get(name)
+        flags["HAS_" + name.upper()] = t is not None
+        if t is None:
+            args += [dummy, 0, 0]
+        elif t.dim() == 1:
+            args += [t, 0, t.stride(0)]
+        else:
+            args += [t, t.stride(0), t.stride(1)]
+    return args, flags
+
+
+def launch_elementwise(kernel, names, views, B, H, extra_constexprs=None):
+    n = B * H
+    if n == 0:
+        return
+    dummy = next(t for t in views.values() if t is not None)
+    args, flags = slot_args(views, names, dummy)
+    block, warps = pick_elementwise_config(n)
+    grid = (triton.cdiv(n, block),)
+    kernel[grid](*args, B, H, **flags, **(extra_constexprs or {}), BLOCK=block, num_warps=warps)
+
+
+def aot_specs(name, kernel, names, ws_slots=("ws",), extra_constexprs=None):
+    """Every (dtype, config) the launcher can choose, all optional slots present (the heaviest variant)."""
+    specs = []
+    for dtype, tl_t in _TL_TYPES.items():
+        for block, warps in ELEMENTWISE_CONFIGS:
+            sig, const = {}, {}
+            for s in names:
+                sig[s] = "*fp32" if s in ws_slots else "*" + tl_t
+                sig[s + "_s0"] = "i32"
+                sig[s + "_s1"] = "i32"
+            sig["B"] = sig["H"] = "i32"
+            for s in names:
+                sig["HAS_" + s.upper()] = "constexpr"
+                const["HAS_" + s.upper()] = True
+            for k, v in (extra_constexprs or {}).items():
+                sig[k] = "constexpr"
+                const[k] = v
+            sig["BLOCK"] = "constexpr"
+            const["BLOCK"] = block
+            specs.append(dict(name=name, kernel=kernel, signature=sig, constexprs=const, num_warps=warps,
+                              num_stages=1, config=f"{dtype}".replace("torch.", "") + f" BLOCK={block} warps={warps}"))
+    return specs

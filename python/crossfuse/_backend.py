@@ -1,0 +1,132 @@
+"""The one dispatch mechanism: device -> available backends -> choice.
+
+Backends: ``reference`` (pure PyTorch, any device), ``triton`` (CUDA tensors; CPU tensors only when
+``TRITON_INTERPRET=1``), ``cuda`` (C++/CUDA extension) and ``cpu`` (C++ extension).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+
+import torch
+
+BACKENDS = ("reference", "triton", "cuda", "cpu")
+# Fastest first; an op only considers the backends it implements.
+PREFERENCE = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+_OPS: dict[str, tuple[str, ...]] = {}
+_local = threading.local()
+_reasons: dict[tuple[str, str], str | None] = {}
+
+try:
+    from crossfuse import _C as ext  # noqa: N812
+    _ext_error = None
+except ImportError as e:  # pragma: no cover - exercised only on broken installs
+    ext = None
+    _ext_error = f"the C++ extension crossfuse._C did not load ({e})"
+
+# Tests set this to fill every output allocation with NaN, so a kernel that skips an element is caught.
+FILL_NAN = False
+
+
+def empty(shape, *, dtype, device) -> torch.Tensor:
+    if FILL_NAN:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_reason() -> str | None:
+    try:
+        importlib.import_module("triton")
+    except ImportError as e:
+        return f"triton is not installed ({e})"
+    return None
+
+
+def _compute_reason(backend: str, device_type: str) -> str | None:
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        reason = _triton_reason()
+        if reason:
+            return reason
+        if device_type == "cpu" and not interpreter_on():
+            return "triton runs CPU tensors only under the interpreter (set TRITON_INTERPRET=1 before importing crossfuse)"
+        if device_type not in ("cpu", "cuda"):
+            return f"triton has no {device_type} support here"
+        return None
+    if ext is None:
+        return _ext_error
+    if backend == "cpu":
+        return None if device_type == "cpu" else f"the cpu backend takes CPU tensors, got {device_type} tensors"
+    if backend == "cuda":
+        if device_type != "cuda":
+            return f"the cuda backend takes CUDA tensors, got {device_type} tensors"
+        if not hasattr(ext, "cuda"):
+            return "crossfuse was built without CUDA kernels (no nvcc at build time, or CROSSFUSE_CUDA=off)"
+        return None
+    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
+def unavailable_reason(backend: str, device_type: str) -> str | None:
+    """None when ``backend`` can run tensors of ``device_type``, else why not."""
+    key = (backend, device_type)
+    if key not in _reasons:
+        _reasons[key] = _compute_reason(backend, device_type)
+    return _reasons[key]
+
+
+def register_op(name: str, backends: tuple[str, ...]) -> None:
+    _OPS[name] = backends
+
+
+def ops() -> dict[str, tuple[str, ...]]:
+    return dict(_OPS)
+
+
+def _check_name(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+
+
+def choose(op: str, device: torch.device, backend: str | None = None) -> str:
+    """The backend that runs ``op`` on ``device``: the one asked for, else the fastest available."""
+    if backend is None:
+        backend = getattr(_local, "backend", None)
+    dtype = device.type
+    if backend is not None:
+        if backend not in _OPS[op]:
+            _check_name(backend)
+            raise RuntimeError(f"{op}: backend {backend!r} is not implemented for this op; it has {_OPS[op]}")
+        reason = unavailable_reason(backend, dtype)
+        if reason is not None:
+            raise RuntimeError(f"{op}: backend {backend!r} is not available for {dtype} tensors: {reason}")
+        return backend
+    for b in PREFERENCE.get(dtype, ("reference",)):
+        if b in _OPS[op] and unavailable_reason(b, dtype) is None:
+            return b
+    return "reference"
+
+
+@contextlib.contextmanager
+def use_backend(backend: str | None):
+    """Run crossfuse ops inside the block on ``backend`` (None restores the automatic choice)."""
+    if backend is not None:
+        _check_name(backend)
+    prev = getattr(_local, "backend", None)
+    _local.backend = backend
+    try:
+        yield
+    finally:
+        _local.backend = prev
+
+
+def cuda_stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream

@@ -1,0 +1,16 @@
+import torch
+
+from crossfuse.nn._cell import bias, check_input
+from crossfuse.ops.lstm_cell import lstm_cell
+
+
+class LSTMCell(torch.nn.LSTMCell):
+    """Drop-in ``torch.nn.LSTMCell`` on crossfuse's fused kernel. Same parameters and state_dict keys."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend=None):
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype)
+        self.backend = backend
+
+    def forward(self, input, hx=None):
+        check_input(self, input, [] if hx is None else list(hx))
+        return lstm_cell(input, hx, self.weight_ih, self.weight_hh, *bias(self), backend=self.backend)

@@ -1,0 +1,20 @@
+import torch
+
+from crossfuse.nn._cell import bias, check_input
+from crossfuse.ops.rnn_cell import NONLINEARITIES, rnn_cell
+
+
+class RNNCell(torch.nn.RNNCell):
+    """Drop-in ``torch.nn.RNNCell`` on crossfuse's fused kernel; also takes ``nonlinearity='sigmoid'``
+    (the Elman cell h' = sigmoid(W x + U h + b)). Same parameters and state_dict keys."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None, dtype=None, *, backend=None):
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"RNNCell: expected nonlinearity in {NONLINEARITIES}, got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, bias, nonlinearity, device=device, dtype=dtype)
+        self.backend = backend
+
+    def forward(self, input, hx=None):
+        check_input(self, input, [hx])
+        return rnn_cell(input, hx, self.weight_ih, self.weight_hh, *bias(self),
+                        nonlinearity=self.nonlinearity, backend=self.backend)

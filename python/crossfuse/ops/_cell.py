@@ -1,0 +1,246 @@
+"""Machinery shared by the fused recurrent cells (rnn_cell, lstm_cell, gru_cell).
+
+The two GEMMs run in torch; the gate math (bias adds, activations, state update) is one fused kernel
+per backend, forward and backward. Three entry paths share `cell_forward` / `cell_backward`:
+no-grad eager calls them directly (lean: the op-call overhead matters at small shapes), eager
+autograd goes through `_CellFunction`, and torch.compile sees a `torch.library.custom_op`.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from crossfuse import _backend
+
+KINDS = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_sigmoid": 2, "lstm": 3, "gru": 4}
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_sigmoid": 1, "lstm": 4, "gru": 3}
+OP_OF = {"rnn_tanh": "rnn_cell", "rnn_relu": "rnn_cell", "rnn_sigmoid": "rnn_cell", "lstm": "lstm_cell", "gru": "gru_cell"}
+# Argument slots, in the order of csrc/include/crossfuse/cell.h CellSlot.
+SLOTS = ("gi", "gh", "bih", "bhh", "hx", "cx", "hy", "cy", "ws", "dhy", "dcy", "dgi", "dgh", "dhx", "dcx")
+_SLOT = {name: i for i, name in enumerate(SLOTS)}
+BACKENDS = ("reference", "triton", "cuda", "cpu")
+for _op in ("rnn_cell", "lstm_cell", "gru_cell"):
+    _backend.register_op(_op, BACKENDS)
+
+_triton_modules: dict[str, object] = {}
+
+
+def _pack(views: dict) -> list[int]:
+    out = [0] * (3 * len(SLOTS))
+    for name, t in views.items():
+        if t is None:
+            continue
+        i = 3 * _SLOT[name]
+        out[i] = t.data_ptr()
+        if t.dim() == 1:  # a bias: every row reads the same vector
+            out[i + 2] = t.stride(0)
+        else:
+            out[i + 1], out[i + 2] = t.stride()
+    return out
+
+
+def run_kernel(kind: str, backend: str, backward: bool, B: int, H: int, dtype: torch.dtype, views: dict) -> None:
+    op = OP_OF[kind]
+    if backend == "triton":
+        mod = _triton_modules.get(op)
+        if mod is None:
+            mod = _triton_modules[op] = importlib.import_module(f"crossfuse.kernels.{op}")
+        mod.launch(kind, backward, B, H, views)
+        return
+    args = (KINDS[kind], _backend.DTYPE_CODES[dtype], B, H, backward, _pack(views))
+    if backend == "cpu":
+        getattr(_backend.ext.cpu, op)(*args)
+    else:
+        device = next(t for t in views.values() if t is not None).device
+        getattr(_backend.ext.cuda, op)(*args, _backend.cuda_stream(device))
+
+
+def cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws):
+    """Fused forward of one step: returns (hy, cy or None, workspace or None)."""
+    B, H = x.shape[0], w_hh.shape[1]
+    new = _backend.empty
+    gi = torch.mm(x, w_ih.t())
+    gh = None
+    if hx is not None:
+        if kind == "gru":  # r scales only the recurrent n-part, so gh stays separate
+            gh = torch.mm(hx, w_hh.t())
+        else:
+            gi.addmm_(hx, w_hh.t())
+    hy = new((B, H), dtype=x.dtype, device=x.device)
+    cy = new((B, H), dtype=x.dtype, device=x.device) if kind == "lstm" else None
+    ws = None
+    if need_ws and kind in ("lstm", "gru"):
+        ws = new((B, 4 * H), dtype=torch.float32, device=x.device)
+    run_kernel(kind, backend, False, B, H, x.dtype,
+               {"gi": gi, "gh": gh, "bih": b_ih, "bhh": b_hh, "hx": hx, "cx": cx, "hy": hy, "cy": cy, "ws": ws})
+    return hy, cy, ws
+
+
+def cell_backward(kind, backend, dhy, dcy, x, hx, cx, w_ih, w_hh, hy, ws, need):
+    """Gradients (dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh); `need` says which are wanted (None if not)."""
+    B, H = x.shape[0], w_hh.shape[1]
+    GH = GATES[kind] * H
+    new = _backend.empty
+    dgi = new((B, GH), dtype=x.dtype, device=x.device)
+    dgh = new((B, GH), dtype=x.dtype, device=x.device) if kind == "gru" else None
+    dhx_direct = new((B, H), dtype=x.dtype, device=x.device) if kind == "gru" and hx is not None and need[1] else None
+    dcx = new((B, H), dtype=x.dtype, device=x.device) if kind == "lstm" and cx is not None and need[2] else None
+    run_kernel(kind, backend, True, B, H, x.dtype,
+               {"dhy": dhy, "dcy": dcy, "hx": hx, "cx": cx, "hy": hy, "ws": ws,
+                "dgi": dgi, "dgh": dgh, "dhx": dhx_direct, "dcx": dcx})
+    dgh = dgi if dgh is None else dgh
+    dx = torch.mm(dgi, w_ih) if need[0] else None
+    dhx = None
+    if hx is not None and need[1]:
+        dhx = torch.mm(dgh, w_hh)
+        if dhx_direct is not None:
+            dhx += dhx_direct
+    dw_ih = torch.mm(dgi.t(), x) if need[3] else None
+    dw_hh = None
+    if need[4]:
+        dw_hh = torch.mm(dgh.t(), hx) if hx is not None else torch.zeros_like(w_hh)
+    db_ih = dgi.sum(0) if need[5] else None
+    db_hh = dgh.sum(0) if need[6] else None
+    return dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh
+
+
+class _CellFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+        hy, cy, ws = cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, True)
+        ctx.kind, ctx.backend = kind, backend
+        ctx.save_for_backward(x, hx, cx, w_ih, w_hh, hy, ws)
+        return (hy, cy) if cy is not None else hy
+
+    @staticmethod
+    def backward(ctx, dhy, dcy=None):
+        grads = cell_backward(ctx.kind, ctx.backend, dhy, dcy, *ctx.saved_tensors, ctx.needs_input_grad[2:9])
+        return (None, None) + grads
+
+
+def _define_custom_op(op: str):
+    """crossfuse::<op> and crossfuse::<op>_backward, with fake and autograd registrations."""
+    name = f"crossfuse::{op}"
+
+    @torch.library.custom_op(name, mutates_args=())
+    def fwd(kind: str, backend: str, x: torch.Tensor, hx: torch.Tensor | None, cx: torch.Tensor | None,
+            w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor | None, b_hh: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        backend = backend or _backend.choose(op, x.device)
+        hy, cy, ws = cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, True)
+        empty = x.new_empty(0)
+        return hy, empty if cy is None else cy, empty if ws is None else ws
+
+    @fwd.register_fake
+    def _(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+        B, H = x.shape[0], w_hh.shape[1]
+        hy = x.new_empty((B, H))
+        cy = x.new_empty((B, H) if kind == "lstm" else (0,))
+        ws = x.new_empty((B, 4 * H) if kind in ("lstm", "gru") else (0,), dtype=torch.float32 if kind in ("lstm", "gru") else x.dtype)
+        return hy, cy, ws
+
+    @torch.library.custom_op(f"{name}_backward", mutates_args=())
+    def bwd(kind: str, backend: str, dhy: torch.Tensor | None, dcy: torch.Tensor | None, x: torch.Tensor,
+            hx: torch.Tensor | None, cx: torch.Tensor | None, w_ih: torch.Tensor, w_hh: torch.Tensor,
+            hy: torch.Tensor, ws: torch.Tensor | None, has_b_ih: bool, has_b_hh: bool) -> list[torch.Tensor]:
+        backend = backend or _backend.choose(op, x.device)
+        need = (True, hx is not None, cx is not None, True, True, has_b_ih, has_b_hh)
+        grads = cell_backward(kind, backend, dhy, dcy, x, hx, cx, w_ih, w_hh, hy, ws, need)
+        return [g if g is not None else x.new_empty(0) for g in grads]
+
+    @bwd.register_fake
+    def _(kind, backend, dhy, dcy, x, hx, cx, w_ih, w_hh, hy, ws, has_b_ih, has_b_hh):
+        GH = w_hh.shape[0]
+        shapes = [x.shape, hx.shape if hx is not None else (0,), cx.shape if cx is not None else (0,),
+                  w_ih.shape, w_hh.shape, (GH,) if has_b_ih else (0,), (GH,) if has_b_hh else (0,)]
+        return [x.new_empty(s) for s in shapes]
+
+    def setup_context(ctx, inputs, output):
+        kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
+        hy, _, ws = output
+        ctx.kind, ctx.backend = kind, backend
+        ctx.has_b = (b_ih is not None, b_hh is not None)
+        ctx.save_for_backward(x, hx, cx, w_ih, w_hh, hy, ws)
+
+    def backward(ctx, dhy, dcy, dws):
+        x, hx, cx, w_ih, w_hh, hy, ws = ctx.saved_tensors
+        lstm, gated = ctx.kind == "lstm", ctx.kind in ("lstm", "gru")
+        g = bwd(ctx.kind, ctx.backend, dhy, dcy if lstm else None, x, hx, cx, w_ih, w_hh, hy,
+                ws if gated else None, *ctx.has_b)
+        return (None, None, g[0], g[1] if hx is not None else None, g[2] if cx is not None else None,
+                g[3], g[4], g[5] if ctx.has_b[0] else None, g[6] if ctx.has_b[1] else None)
+
+    fwd.register_autograd(backward, setup_context=setup_context)
+    return fwd
+
+
+_CUSTOM_OPS = {op: _define_custom_op(op) for op in ("rnn_cell", "lstm_cell", "gru_cell")}
+
+
+# ---- validation -------------------------------------------------------------------------------
+def _check_tensor(op, name, t, dtype, device, shape):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: expected {name} to be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise TypeError(f"{op}: expected {name} to have dtype {dtype} (the dtype of input), got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{op}: expected {name} on device {device} (the device of input), got {t.device}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{op}: expected {name} of shape {shape}, got {tuple(t.shape)}")
+
+
+def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
+    """Validates, picks the backend and runs one cell step. hx/cx may be None (zeros)."""
+    op = OP_OF[kind]
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{op}: expected input to be a torch.Tensor, got {type(input).__name__}")
+    if input.dtype not in _backend.DTYPE_CODES:
+        raise TypeError(f"{op}: expected input of dtype float32, float16 or bfloat16, got {input.dtype}")
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{op}: expected input to be 1-D (unbatched) or 2-D (batch, input_size), got {input.dim()}-D")
+    if not isinstance(w_hh, torch.Tensor) or w_hh.dim() != 2:
+        raise ValueError(f"{op}: expected w_hh to be a 2-D tensor (gates*hidden_size, hidden_size)")
+    unbatched = input.dim() == 1
+    x = input.unsqueeze(0) if unbatched else input
+    B, I = x.shape
+    H = w_hh.shape[1]
+    GH = GATES[kind] * H
+    dtype, device = x.dtype, x.device
+    _check_tensor(op, "w_hh", w_hh, dtype, device, (GH, H))
+    _check_tensor(op, "w_ih", w_ih, dtype, device, (GH, I))
+    state_shape = (H,) if unbatched else (B, H)
+    for name, t, shape in (("b_ih", b_ih, (GH,)), ("b_hh", b_hh, (GH,)), ("hx", hx, state_shape), ("cx", cx, state_shape)):
+        if t is not None:
+            _check_tensor(op, name, t, dtype, device, shape)
+    if unbatched:
+        hx = None if hx is None else hx.unsqueeze(0)
+        cx = None if cx is None else cx.unsqueeze(0)
+
+    if torch.compiler.is_compiling():
+        hy, cy, _ = _CUSTOM_OPS[op](kind, backend or "", x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+        cy = cy if kind == "lstm" else None
+    else:
+        backend = _backend.choose(op, device, backend)
+        if backend == "reference":
+            hy, cy = _reference(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+        elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, hx, cx, w_ih, w_hh, b_ih, b_hh)):
+            out = _CellFunction.apply(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+            hy, cy = out if kind == "lstm" else (out, None)
+        else:
+            hy, cy, _ = cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, False)
+    if unbatched:
+        hy = hy.squeeze(0)
+        cy = None if cy is None else cy.squeeze(0)
+    return hy, cy
+
+
+def _reference(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    from crossfuse import reference
+    if kind == "lstm":
+        state = None if hx is None and cx is None else (
+            hx if hx is not None else torch.zeros_like(cx), cx if cx is not None else torch.zeros_like(hx))
+        return reference.lstm_cell(x, state, w_ih, w_hh, b_ih, b_hh)
+    if kind == "gru":
+        return reference.gru_cell(x, hx, w_ih, w_hh, b_ih, b_hh), None
+    return reference.rnn_cell(x, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity=kind[4:]), None

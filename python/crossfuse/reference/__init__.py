@@ -1,0 +1,6 @@
+"""Naive pure-PyTorch implementations: the oracles the kernels are tested against (in float64)."""
+from .gru_cell import gru_cell
+from .lstm_cell import lstm_cell
+from .rnn_cell import rnn_cell
+
+__all__ = ["rnn_cell", "lstm_cell", "gru_cell"]

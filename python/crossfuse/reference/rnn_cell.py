@@ -1,0 +1,14 @@
+"""Naive PyTorch Elman cell: h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh). The oracle for rnn_cell."""
+import torch
+
+
+def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+    pre = input @ w_ih.t()
+    if hx is not None:
+        pre = pre + hx @ w_hh.t()
+    if b_ih is not None:
+        pre = pre + b_ih
+    if b_hh is not None:
+        pre = pre + b_hh
+    act = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}[nonlinearity]
+    return act(pre)
