@@ -46,6 +46,12 @@ def load(ptr, s0, s1, b, col, mask, HAS: tl.constexpr):
 @triton.jit
 def store(ptr, s0, s1, b, col, mask, val, HAS: tl.constexpr = True):
     if HAS:
+        if ptr.dtype.element_ty == tl.bfloat16:
+            # Round to nearest even by hand: the interpreter's fp32 -> bf16 cast truncates. On a GPU the
+            # value is already representable, so the cast below is exact and the result the same.
+            u = val.to(tl.uint32, bitcast=True)
+            u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+            val = u.to(tl.float32, bitcast=True)
         tl.store(ptr + b * s0 + col * s1, val.to(ptr.dtype.element_ty), mask=mask)
 
 

@@ -3,9 +3,9 @@ import torch
 
 
 def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
-    pre = input @ w_ih.t()
-    if hx is not None:
-        pre = pre + hx @ w_hh.t()
+    if hx is None:
+        hx = input.new_zeros(input.shape[0], w_hh.shape[1])
+    pre = input @ w_ih.t() + hx @ w_hh.t()
     if b_ih is not None:
         pre = pre + b_ih
     if b_hh is not None:

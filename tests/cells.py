@@ -1,0 +1,159 @@
+"""The cell test suite, shared by test_rnn_cell.py, test_lstm_cell.py and test_gru_cell.py."""
+import pytest
+import torch
+
+import crossfuse
+from crossfuse import reference
+from harness import FLOOR, assert_within_rule, backend_cases, leaf_like, strided
+
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_sigmoid": 1, "lstm": 4, "gru": 3}
+# (B, I, H, variant): zero batch, size one, odd and prime sizes; variants: plain, no bias, zero state, strided.
+SHAPES = [(0, 5, 7, "plain"), (1, 1, 1, "plain"), (3, 13, 37, "strided"), (7, 63, 113, "nobias"),
+          (5, 8, 257, "nostate")]
+
+
+def make_inputs(kind, B, I, H, variant, dtype, device):
+    GH = GATES[kind] * H
+    scale = 1 / H ** 0.5
+    if variant == "strided":
+        x = strided((B, I), dtype, device)
+        t = {"x": x, "hx": strided((B, H), dtype, device), "w_ih": strided((GH, I), dtype, device, scale),
+             "w_hh": strided((GH, H), dtype, device, scale), "b_ih": strided((GH,), dtype, device, scale),
+             "b_hh": strided((GH,), dtype, device, scale)}
+        if kind == "lstm":
+            t["cx"] = strided((B, H), dtype, device)
+    else:
+        r = lambda *s, k=1.0: (torch.randn(*s, device=device) * k).to(dtype)  # noqa: E731
+        t = {"x": r(B, I), "hx": r(B, H), "w_ih": r(GH, I, k=scale), "w_hh": r(GH, H, k=scale),
+             "b_ih": r(GH, k=scale), "b_hh": r(GH, k=scale)}
+        if kind == "lstm":
+            t["cx"] = r(B, H)
+    if variant == "nobias":
+        t["b_ih"] = t["b_hh"] = None
+    if variant == "nostate":
+        t["hx"] = None
+        t.pop("cx", None)
+    return t
+
+
+def call(kind, impl, t, **kw):
+    """Runs one cell step; returns a tuple of outputs (h,) or (h, c)."""
+    args = (t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"])
+    if kind == "lstm":
+        hx = None if t["hx"] is None else (t["hx"], t["cx"])
+        return tuple(impl.lstm_cell(t["x"], hx, *args, **kw))
+    if kind == "gru":
+        return (impl.gru_cell(t["x"], t["hx"], *args, **kw),)
+    return (impl.rnn_cell(t["x"], t["hx"], *args, nonlinearity=kind[4:], **kw),)
+
+
+def grads(kind, impl, t, cotangents, **kw):
+    leaves = {k: leaf_like(v) for k, v in t.items() if v is not None}
+    full = {k: leaves.get(k) for k in t}
+    outs = call(kind, impl, full, **kw)
+    loss = sum((o.double() * c).sum() for o, c in zip(outs, cotangents))
+    names = list(leaves)
+    gs = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    return outs, dict(zip(names, gs))
+
+
+def check_cell(kind, backend, device, dtype, B, I, H, variant):
+    t = make_inputs(kind, B, I, H, variant, dtype, device)
+    t64 = {k: None if v is None else v.detach().double() for k, v in t.items()}
+    n_out = 2 if kind == "lstm" else 1
+    cot = [torch.randn(B, H, dtype=torch.float64, device=device) for _ in range(n_out)]
+    ref_out, ref_g = grads(kind, reference, t64, cot)
+    low_out, low_g = grads(kind, reference, t, cot)
+    out, g = grads(kind, crossfuse.ops, t, cot, backend=backend)
+    for i in range(n_out):
+        assert_within_rule(f"out{i}", out[i], low_out[i], ref_out[i], dtype)
+    for name in ref_g:
+        assert_within_rule(f"d{name}", g[name], low_g[name], ref_g[name], dtype)
+    # The no-grad path runs the same kernel without saving a workspace: same values, bit for bit.
+    with torch.no_grad():
+        fast = call(kind, crossfuse.ops, t, backend=backend)
+    for a, b in zip(fast, out):
+        assert torch.equal(a, b.detach())
+
+
+def parametrize_cells(kinds):
+    return pytest.mark.parametrize("kind", kinds), pytest.mark.parametrize("backend,device,dtype", backend_cases()), \
+        pytest.mark.parametrize("B,I,H,variant", SHAPES)
+
+
+__all__ = ["check_cell", "make_inputs", "call", "grads", "parametrize_cells", "FLOOR"]
+
+MODULES = {"rnn_tanh": ("RNNCell", {"nonlinearity": "tanh"}), "rnn_relu": ("RNNCell", {"nonlinearity": "relu"}),
+           "rnn_sigmoid": ("RNNCell", {"nonlinearity": "sigmoid"}), "lstm": ("LSTMCell", {}), "gru": ("GRUCell", {})}
+
+
+def make_module(kind, lib, *args, **kw):
+    name, extra = MODULES[kind]
+    if lib is torch.nn and kind == "rnn_sigmoid":
+        extra = {"nonlinearity": "tanh"}  # torch.nn has no sigmoid cell; its weights still load
+    return getattr(lib, name)(*args, **extra, **kw)
+
+
+def check_module(kind, backend):
+    """Same parameters and state_dict keys as torch.nn; weights load both ways; outputs match torch.nn's."""
+    ours = make_module(kind, crossfuse.nn, 11, 19, backend=backend)
+    theirs = make_module(kind, torch.nn, 11, 19)
+    assert isinstance(ours, type(theirs)) or kind == "rnn_sigmoid"
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 11)
+    for hx in (None, (torch.randn(6, 19), torch.randn(6, 19)) if kind == "lstm" else torch.randn(6, 19)):
+        a, b = ours(x, hx), theirs(x, hx)
+        if kind == "rnn_sigmoid":
+            pre = x @ ours.weight_ih.t() + ours.bias_ih + ours.bias_hh + (0 if hx is None else hx @ ours.weight_hh.t())
+            b = torch.sigmoid(pre)
+        for u, v in zip(a if kind == "lstm" else (a,), b if kind == "lstm" else (b,)):
+            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+    # Unbatched input, like torch.nn: 1-D in, 1-D out.
+    x1 = torch.randn(11)
+    h1 = None
+    a = ours(x1, h1)
+    b = ours(x1.unsqueeze(0))
+    for u, v in zip(a if kind == "lstm" else (a,), b if kind == "lstm" else (b,)):
+        assert u.dim() == 1
+        torch.testing.assert_close(u, v.squeeze(0))
+    with pytest.raises(ValueError, match="input"):
+        ours(torch.randn(2, 3, 11))
+
+
+def check_deterministic(kind, backend):
+    """Backward repeated 5 times gives bitwise identical gradients."""
+    t = make_inputs(kind, 9, 10, 21, "plain", torch.float32, "cpu")
+    cot = [torch.randn(9, 21, dtype=torch.float64) for _ in range(2 if kind == "lstm" else 1)]
+    first = grads(kind, crossfuse.ops, t, cot, backend=backend)[1]
+    for _ in range(4):
+        again = grads(kind, crossfuse.ops, t, cot, backend=backend)[1]
+        for k in first:
+            assert torch.equal(first[k], again[k]), k
+
+
+def check_bad_inputs(kind):
+    op = {"lstm": "lstm_cell", "gru": "gru_cell"}.get(kind, "rnn_cell")
+    t = make_inputs(kind, 4, 6, 8, "plain", torch.float32, "cpu")
+
+    def expect(err, arg, **changes):
+        with pytest.raises(err, match=f"{op}.*{arg}"):
+            call(kind, crossfuse.ops, {**t, **changes})
+
+    expect(TypeError, "input", x=t["x"].double())  # dtype
+    expect(TypeError, "input", x=t["x"].tolist())  # not a tensor
+    expect(TypeError, "w_ih", w_ih=t["w_ih"].half())  # mixed dtype
+    expect(ValueError, "w_ih", w_ih=t["w_ih"][:, :5])  # input size mismatch
+    expect(ValueError, "w_hh", w_hh=t["w_hh"][:-1])  # gate count mismatch
+    expect(ValueError, "b_ih", b_ih=t["b_ih"][:3])
+    expect(ValueError, "hx", hx=t["hx"][:, :7])  # hidden size mismatch
+    expect(ValueError, "hx", hx=t["hx"][:3])  # batch mismatch
+    expect(ValueError, "input", x=t["x"].reshape(1, 4, 6))  # rank
+    if kind == "lstm":
+        expect(ValueError, "cx", cx=t["cx"][:, :2])
+    meta = t["w_hh"].to("meta")
+    expect(ValueError, "w_hh", w_hh=meta)  # device mismatch
+    with pytest.raises(ValueError, match="backend"):
+        call(kind, crossfuse.ops, t, backend="fastest")
