@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 # (BLOCK, num_warps) the elementwise launchers choose from; the AOT check compiles each.
-ELEMENTWISE_CONFIGS = ((256, 2), (1024, 4))
+ELEMENTWISE_CONFIGS = ((256, 2), (1024, 8))
 _TL_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 

@@ -63,7 +63,7 @@ def _compute_reason(backend: str, device_type: str) -> str | None:
             return f"triton has no {device_type} support here"
         return None
     if ext is None:
-        return _ext_error
+        return _ext_error or "the C++ extension crossfuse._C is not loaded"
     if backend == "cpu":
         return None if device_type == "cpu" else f"the cpu backend takes CPU tensors, got {device_type} tensors"
     if backend == "cuda":

@@ -129,8 +129,7 @@ def _define_custom_op(op: str):
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         backend = backend or _backend.choose(op, x.device)
         hy, cy, ws = cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, True)
-        empty = x.new_empty(0)
-        return hy, empty if cy is None else cy, empty if ws is None else ws
+        return hy, x.new_empty(0) if cy is None else cy, x.new_empty(0) if ws is None else ws
 
     @fwd.register_fake
     def _(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh):

@@ -1,0 +1,64 @@
+"""The one dispatch mechanism: default choice per device, per-call override, the context manager,
+and errors that say why a backend is unavailable."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import crossfuse
+from crossfuse import _backend
+
+
+def test_default_choice_per_device():
+    assert _backend.choose("lstm_cell", torch.device("cpu")) == "cpu"
+    # Where neither the GPU nor the extension's CUDA kernels exist, CUDA tensors still get a backend.
+    assert _backend.choose("lstm_cell", torch.device("cuda")) in ("cuda", "triton", "reference")
+
+
+def test_override_per_call_and_context_manager(monkeypatch):
+    calls = []
+    real = crossfuse.ops._cell.run_kernel
+    monkeypatch.setattr(crossfuse.ops._cell, "run_kernel", lambda kind, b, *a: calls.append(b) or real(kind, b, *a))
+    cell = crossfuse.nn.LSTMCell(4, 5)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        cell(x)
+        with crossfuse.use_backend("triton"):
+            cell(x)
+            crossfuse.ops.gru_cell(x, None, torch.randn(15, 4), torch.randn(15, 5), backend="cpu")
+        cell(x)
+    assert calls == ["cpu", "triton", "cpu", "cpu"]
+    with crossfuse.use_backend("reference"):
+        cell(x)
+    assert len(calls) == 4  # the reference runs no kernel
+
+
+def test_unavailable_backend_says_why(monkeypatch):
+    x = torch.randn(2, 4)
+    w_ih, w_hh = torch.randn(5, 4), torch.randn(5, 5)
+    with pytest.raises(RuntimeError, match="cuda.*not available for cpu tensors.*takes CUDA tensors"):
+        crossfuse.ops.rnn_cell(x, None, w_ih, w_hh, backend="cuda")
+    monkeypatch.setattr(_backend, "_reasons", {})
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        crossfuse.ops.rnn_cell(x, None, w_ih, w_hh, backend="triton")
+    monkeypatch.setattr(_backend, "_reasons", {})
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with crossfuse.use_backend("gpu"):
+            pass
+
+
+def test_default_never_picks_triton_for_cpu_without_interpreter(monkeypatch):
+    monkeypatch.setattr(_backend, "_reasons", {})
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(_backend, "ext", None)
+    assert _backend.choose("lstm_cell", torch.device("cpu")) == "reference"
+    monkeypatch.setattr(_backend, "_reasons", {})
+
+
+def test_info_command():
+    out = subprocess.run([sys.executable, "-m", "crossfuse", "info"], capture_output=True, text=True, check=True).stdout
+    for needle in ("crossfuse 0.1.0", "torch", "triton", "extension crossfuse._C loaded", "CUDA archs 80,90",
+                   "GPU", "lstm_cell", "rnn_cell", "gru_cell"):
+        assert needle in out, (needle, out)
