@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 #include <vector>
 #include "crossfuse/cell.h"
+#include "crossfuse/cell_cpu_small.h"
 
 #ifdef CROSSFUSE_WITH_CUDA
 #include <cuda_runtime.h>
@@ -16,6 +17,7 @@ namespace crossfuse {
 void rnn_cell_cpu(const CellArgs&, bool);
 void lstm_cell_cpu(const CellArgs&, bool);
 void gru_cell_cpu(const CellArgs&, bool);
+void cell_step_cpu(const SmallCellArgs&);
 #ifdef CROSSFUSE_WITH_CUDA
 void rnn_cell_cuda(const CellArgs&, bool, cudaStream_t);
 void lstm_cell_cuda(const CellArgs&, bool, cudaStream_t);
@@ -75,6 +77,26 @@ PYBIND11_MODULE(_C, m) {
   cpu.def("rnn_cell", &cpu_entry<rnn_cell_cpu>, sig);
   cpu.def("lstm_cell", &cpu_entry<lstm_cell_cpu>, sig);
   cpu.def("gru_cell", &cpu_entry<gru_cell_cpu>, sig);
+  cpu.attr("cell_step_max_batch") = kSmallMaxBatch;
+  // fp32, rows contiguous, no autograd: GEMVs and gate math in one call. Pointers 0 = absent.
+  cpu.def("cell_step", [](int kind, int64_t B, int64_t I, int64_t H, uintptr_t x, int64_t sx, uintptr_t hx, int64_t sh,
+                          uintptr_t cx, int64_t sc, uintptr_t w_ih, uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh,
+                          uintptr_t hy, int64_t shy, uintptr_t cy, int64_t scy) {
+    if (B < 0 || B > kSmallMaxBatch || I < 0 || H < 0)
+      throw std::invalid_argument("cell_step: batch must be in [0, " + std::to_string(kSmallMaxBatch) + "]");
+    if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("cell_step: wrong kind");
+    if (B * H > 0 && (!x || !w_ih || !hy || (hx && !w_hh) || (kind == kLstm && !cy)))
+      throw std::invalid_argument("cell_step: missing pointer");
+    SmallCellArgs a;
+    a.kind = kind; a.B = B; a.I = I; a.H = H;
+    auto f = [](uintptr_t p) { return reinterpret_cast<const float*>(p); };
+    a.x = f(x); a.hx = f(hx); a.cx = f(cx); a.w_ih = f(w_ih); a.w_hh = f(w_hh); a.b_ih = f(b_ih); a.b_hh = f(b_hh);
+    a.hy = reinterpret_cast<float*>(hy); a.cy = reinterpret_cast<float*>(cy);
+    a.sx = sx; a.sh = sh; a.sc = sc; a.shy = shy; a.scy = scy;
+    if (B * H == 0) return;
+    py::gil_scoped_release nogil;
+    cell_step_cpu(a);
+  });
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else

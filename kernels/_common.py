@@ -5,33 +5,36 @@ import triton
 import triton.language as tl
 
 # (BLOCK, num_warps) the elementwise launchers choose from; the AOT check compiles each.
-ELEMENTWISE_CONFIGS = ((256, 2), (1024, 8))
+ELEMENTWISE_CONFIGS = ((256, 4), (1024, 8))
 _TL_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def pick_elementwise_config(n: int):
-    return ELEMENTWISE_CONFIGS[0] if n <= 16384 else ELEMENTWISE_CONFIGS[1]
+def pick_elementwise_config(H: int):
+    return ELEMENTWISE_CONFIGS[0] if H <= 256 else ELEMENTWISE_CONFIGS[1]
 
 
+# Divisions use the approximate (2 ulp) fp32 divide: the IEEE one branches to a subroutine call whose
+# register saves show up as stack bytes in the AOT check.
 @triton.jit
 def sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+    return tl.fdiv(tl.full(x.shape, 1.0, tl.float32), 1.0 + tl.exp(-x))
 
 
 @triton.jit
 def tanh(x):
     # sign(x) (1 - e) / (1 + e), e = exp(-2|x|): no overflow, no cancellation for large |x|
     e = tl.exp(-2.0 * tl.abs(x))
-    t = (1.0 - e) / (1.0 + e)
+    t = tl.fdiv(1.0 - e, 1.0 + e)
     return tl.where(x < 0, -t, t)
 
 
 @triton.jit
 def row_col(B, H, BLOCK: tl.constexpr):
-    """Flat (row, column) indices of this program's elements of a (B, H) grid, in int64."""
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    b = idx // H
-    return b, idx - b * H, idx < B * H
+    """(row, columns, mask) of this program's block of a (B, H) grid: grid axis 0 is the row, axis 1 the
+    column block. No integer division (a 64-bit one is a slow subroutine call on the GPU); int64 offsets."""
+    b = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return b, j, j < H
 
 
 @triton.jit
@@ -76,8 +79,8 @@ def launch_elementwise(kernel, names, views, B, H, extra_constexprs=None):
         return
     dummy = next(t for t in views.values() if t is not None)
     args, flags = slot_args(views, names, dummy)
-    block, warps = pick_elementwise_config(n)
-    grid = (triton.cdiv(n, block),)
+    block, warps = pick_elementwise_config(H)
+    grid = (B, triton.cdiv(H, block))
     kernel[grid](*args, B, H, **flags, **(extra_constexprs or {}), BLOCK=block, num_warps=warps)
 
 

@@ -69,11 +69,11 @@ def check_cell(kind, backend, device, dtype, B, I, H, variant):
         assert_within_rule(f"out{i}", out[i], low_out[i], ref_out[i], dtype)
     for name in ref_g:
         assert_within_rule(f"d{name}", g[name], low_g[name], ref_g[name], dtype)
-    # The no-grad path runs the same kernel without saving a workspace: same values, bit for bit.
+    # The no-grad path (no workspace; on CPU at small B*H the single-call step with its own GEMVs).
     with torch.no_grad():
         fast = call(kind, crossfuse.ops, t, backend=backend)
-    for a, b in zip(fast, out):
-        assert torch.equal(a, b.detach())
+    for i in range(n_out):
+        assert_within_rule(f"no-grad out{i}", fast[i], low_out[i], ref_out[i], dtype)
 
 
 def parametrize_cells(kinds):

@@ -35,11 +35,6 @@ inline void store_row(const View& v, int64_t b, int64_t n, const float* in) {
 }
 }  // namespace detail
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CF_CPU_CLONES __attribute__((target_clones("avx2,fma", "default")))
-#else
-#define CF_CPU_CLONES
-#endif
 
 template <typename T, int KIND>
 CF_CPU_CLONES void cell_forward_rows(const CellArgs& a, int64_t b0, int64_t b1) {

@@ -13,6 +13,14 @@
 #define CF_HD inline
 #endif
 
+// CPU hot loops are compiled twice, for AVX2+FMA and for the baseline, and picked at load time:
+// one wheel, full speed where the instructions exist.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define CF_CPU_CLONES __attribute__((target_clones("avx2,fma", "default")))
+#else
+#define CF_CPU_CLONES
+#endif
+
 namespace crossfuse {
 
 // Dtype codes, the same numbers as crossfuse/_backend.py DTYPE_CODES.

@@ -177,6 +177,28 @@ def _define_custom_op(op: str):
 _CUSTOM_OPS = {op: _define_custom_op(op) for op in ("rnn_cell", "lstm_cell", "gru_cell")}
 
 
+def _step_fits(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    """Whether the CPU single-call step takes these: fp32, small batch, unit-stride rows."""
+    # Measured on the 2-core dev CPU: faster than torch's GEMMs up to about B*H = 2048.
+    return (x.dtype == torch.float32 and x.shape[0] * w_hh.shape[1] <= 2048 and x.stride(1) == 1
+            and w_ih.is_contiguous() and w_hh.is_contiguous()
+            and all(t is None or t.stride(-1) == 1 for t in (hx, cx, b_ih, b_hh)))
+
+
+def cell_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    """CPU, no autograd, small batch: both GEMVs and the gate math in one C++ call."""
+    B, I = x.shape
+    H = w_hh.shape[1]
+    hy = _backend.empty((B, H), dtype=x.dtype, device=x.device)
+    cy = _backend.empty((B, H), dtype=x.dtype, device=x.device) if kind == "lstm" else None
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    row = lambda t: 0 if t is None else t.stride(0)  # noqa: E731
+    _backend.ext.cpu.cell_step(KINDS[kind], B, I, H, x.data_ptr(), x.stride(0), ptr(hx), row(hx), ptr(cx), row(cx),
+                               w_ih.data_ptr(), w_hh.data_ptr(), ptr(b_ih), ptr(b_hh), hy.data_ptr(), hy.stride(0),
+                               ptr(cy), row(cy))
+    return hy, cy
+
+
 # ---- validation -------------------------------------------------------------------------------
 def _check_tensor(op, name, t, dtype, device, shape):
     if not isinstance(t, torch.Tensor):
@@ -226,6 +248,8 @@ def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
         elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, hx, cx, w_ih, w_hh, b_ih, b_hh)):
             out = _CellFunction.apply(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
             hy, cy = out if kind == "lstm" else (out, None)
+        elif backend == "cpu" and _step_fits(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+            hy, cy = cell_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
         else:
             hy, cy, _ = cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, False)
     if unbatched:

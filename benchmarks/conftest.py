@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+import crossfuse
+
+CLASSES = {"rnn": "RNNCell", "lstm": "LSTMCell", "gru": "GRUCell"}
+
+
+def cell_pair(kind, B, H):
+    """(torch.nn cell, crossfuse cell on the cpu backend with the same weights, input, state)."""
+    name = CLASSES[kind]
+    peer = getattr(torch.nn, name)(H, H)
+    ours = getattr(crossfuse.nn, name)(H, H, backend="cpu")
+    ours.load_state_dict(peer.state_dict())
+    x, h = torch.randn(B, H), torch.randn(B, H)
+    return peer, ours, x, ((h, torch.randn(B, H)) if kind == "lstm" else h)
+
+
+@pytest.fixture
+def no_grad():
+    with torch.no_grad():
+        yield

@@ -1,0 +1,6 @@
+// The small-batch single-call cell step shared by rnn_cell, lstm_cell and gru_cell (crossfuse/cell_cpu_small.h).
+#include "crossfuse/cell_cpu_small.h"
+
+namespace crossfuse {
+void cell_step_cpu(const SmallCellArgs& a) { run_small_cell(a); }
+}  // namespace crossfuse

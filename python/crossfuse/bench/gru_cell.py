@@ -1,0 +1,6 @@
+"""gru_cell benchmark: crossfuse.nn.GRUCell against torch.nn's (the peer) and the eager reference."""
+from crossfuse.bench._cells import cell_cases
+
+
+def cases(device, quick):
+    return cell_cases("gru", device, quick)

@@ -1,0 +1,6 @@
+"""lstm_cell benchmark: crossfuse.nn.LSTMCell against torch.nn's (the peer) and the eager reference."""
+from crossfuse.bench._cells import cell_cases
+
+
+def cases(device, quick):
+    return cell_cases("lstm", device, quick)
