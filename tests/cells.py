@@ -157,3 +157,31 @@ def check_bad_inputs(kind):
     expect(ValueError, "w_hh", w_hh=meta)  # device mismatch
     with pytest.raises(ValueError, match="backend"):
         call(kind, crossfuse.ops, t, backend="fastest")
+
+
+def make_tests(kinds):
+    """The test functions for one op's kinds; each test_<op>.py installs them in its namespace."""
+    kind_p, backend_p, shape_p = parametrize_cells(kinds)
+
+    @kind_p
+    @backend_p
+    @shape_p
+    def test_against_reference(kind, backend, device, dtype, B, I, H, variant):
+        check_cell(kind, backend, device, dtype, B, I, H, variant)
+
+    @pytest.mark.parametrize("kind", kinds)
+    @pytest.mark.parametrize("backend", ["cpu", "triton"])
+    def test_module_is_drop_in(kind, backend):
+        check_module(kind, backend)
+
+    @pytest.mark.parametrize("kind", kinds)
+    @pytest.mark.parametrize("backend", ["cpu", "triton"])
+    def test_backward_is_deterministic(kind, backend):
+        check_deterministic(kind, backend)
+
+    @pytest.mark.parametrize("kind", kinds)
+    def test_bad_input(kind):
+        check_bad_inputs(kind)
+
+    return {f.__name__: f for f in (test_against_reference, test_module_is_drop_in, test_backward_is_deterministic,
+                                    test_bad_input)}
