@@ -20,3 +20,13 @@ def cell_pair(kind, B, H):
 def no_grad():
     with torch.no_grad():
         yield
+
+
+def forward_step_benchmark(kind, shapes=((1, 128), (8, 256), (64, 1024))):
+    """The forward-step benchmark of one cell: torch.nn's against crossfuse's cpu backend."""
+    @pytest.mark.parametrize("B,H", shapes)
+    @pytest.mark.parametrize("impl", ["torch.nn", "crossfuse-cpu"])
+    def test_forward_step(benchmark, no_grad, impl, B, H):
+        peer, ours, x, state = cell_pair(kind, B, H)
+        benchmark(peer if impl == "torch.nn" else ours, x, state)
+    return test_forward_step
