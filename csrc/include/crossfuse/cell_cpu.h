@@ -33,6 +33,43 @@ inline void store_row(const View& v, int64_t b, int64_t n, const float* in) {
   if (s == 1) for (int64_t j = 0; j < n; ++j) p[j] = from_float<T>(in[j]);
   else        for (int64_t j = 0; j < n; ++j) p[j * s] = from_float<T>(in[j]);
 }
+// Gate math over a span of hidden units. The row buffers share one allocation, so GCC would not vectorise
+// these loops without __restrict (it gives up on versioning that many pointers).
+CF_CPU_CLONES inline void lstm_fwd_span(float* __restrict i, float* __restrict f, float* __restrict g,
+                                        float* __restrict o, const float* __restrict c, float* __restrict c2,
+                                        float* __restrict h2, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) lstm_fwd(i[j], f[j], g[j], o[j], c[j], c2[j], h2[j]);
+}
+CF_CPU_CLONES inline void gru_fwd_span(float* __restrict r, float* __restrict z, float* __restrict nn,
+                                       const float* __restrict hn, const float* __restrict h, float* __restrict out,
+                                       int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = gru_fwd(r[j], z[j], nn[j], hn[j], h[j]);
+}
+template <int KIND>
+CF_CPU_CLONES void rnn_fwd_span(const float* __restrict pre, float* __restrict out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = rnn_act(KIND, pre[j]);
+}
+CF_CPU_CLONES inline void lstm_bwd_span(float* __restrict i, float* __restrict f, float* __restrict g,
+                                        float* __restrict o, const float* __restrict c, const float* __restrict dh,
+                                        float* __restrict dc, float* __restrict dcx, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) lstm_bwd(i[j], f[j], g[j], o[j], c[j], dh[j], dc[j], dcx[j]);
+}
+CF_CPU_CLONES inline void gru_bwd_span(const float* __restrict ws, const float* __restrict h,
+                                       const float* __restrict dh, float* __restrict d, float* __restrict d2,
+                                       float* __restrict dhx, int64_t H) {
+  const float *r = ws, *z = ws + H, *nn = ws + 2 * H, *hn = ws + 3 * H;
+  for (int64_t j = 0; j < H; ++j) {
+    float dr, dz, dgin, dghn, dhd;
+    gru_bwd(r[j], z[j], nn[j], hn[j], h[j], dh[j], dr, dz, dgin, dghn, dhd);
+    d[j] = dr; d[H + j] = dz; d[2 * H + j] = dgin;
+    d2[j] = dr; d2[H + j] = dz; d2[2 * H + j] = dghn;
+    dhx[j] = dhd;
+  }
+}
+template <int KIND>
+CF_CPU_CLONES void rnn_bwd_span(const float* __restrict y, const float* __restrict dh, float* __restrict d, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) d[j] = dh[j] * rnn_act_grad(KIND, y[j]);
+}
 }  // namespace detail
 
 
@@ -57,7 +94,7 @@ CF_CPU_CLONES void cell_forward_rows(const CellArgs& a, int64_t b0, int64_t b1) 
       load_row<T>(bhn, 0, H, c, true);
       load_row<T>(v[kHx], b, H, h, false);
       float *r = pre, *z = pre + H, *n = pre + 2 * H;
-      for (int64_t j = 0; j < H; ++j) out[j] = gru_fwd(r[j], z[j], n[j], c[j], h[j]);
+      gru_fwd_span(r, z, n, c, h, out, H);
       store_row<T>(v[kHy], b, H, out);
       if (v[kWs].present()) {  // ws row: r, z, n, hn (fp32)
         float* w = static_cast<float*>(v[kWs].data) + b * v[kWs].s0;
@@ -72,12 +109,12 @@ CF_CPU_CLONES void cell_forward_rows(const CellArgs& a, int64_t b0, int64_t b1) 
     if (KIND == kLstm) {
       load_row<T>(v[kCx], b, H, c, false);
       float *i = pre, *f = pre + H, *g = pre + 2 * H, *o = pre + 3 * H;
-      for (int64_t j = 0; j < H; ++j) lstm_fwd(i[j], f[j], g[j], o[j], c[j], h[j], out[j]);
+      lstm_fwd_span(i, f, g, o, c, h, out, H);
       store_row<T>(v[kHy], b, H, out);
       store_row<T>(v[kCy], b, H, h);
       if (v[kWs].present()) std::copy(pre, pre + GH, static_cast<float*>(v[kWs].data) + b * v[kWs].s0);
     } else {
-      for (int64_t j = 0; j < H; ++j) out[j] = rnn_act(KIND, pre[j]);
+      rnn_fwd_span<KIND>(pre, out, H);
       store_row<T>(v[kHy], b, H, out);
     }
   }
@@ -97,26 +134,18 @@ CF_CPU_CLONES void cell_backward_rows(const CellArgs& a, int64_t b0, int64_t b1)
       load_row<T>(v[kCx], b, H, c, false);
       std::copy_n(static_cast<const float*>(v[kWs].data) + b * v[kWs].s0, GH, d);
       float *i = d, *f = d + H, *g = d + 2 * H, *o = d + 3 * H;
-      for (int64_t j = 0; j < H; ++j) lstm_bwd(i[j], f[j], g[j], o[j], c[j], dh[j], dc[j], dhx[j]);
+      lstm_bwd_span(i, f, g, o, c, dh, dc, dhx, H);
       store_row<T>(v[kDgi], b, GH, d);
       store_row<T>(v[kDcx], b, H, dhx);
     } else if (KIND == kGru) {
       load_row<T>(v[kHx], b, H, c, false);
-      const float* w = static_cast<const float*>(v[kWs].data) + b * v[kWs].s0;
-      const float *r = w, *z = w + H, *n = w + 2 * H, *hn = w + 3 * H;
-      for (int64_t j = 0; j < H; ++j) {
-        float dr, dz, dgin, dghn, dhd;
-        gru_bwd(r[j], z[j], n[j], hn[j], c[j], dh[j], dr, dz, dgin, dghn, dhd);
-        d[j] = dr; d[H + j] = dz; d[2 * H + j] = dgin;
-        d2[j] = dr; d2[H + j] = dz; d2[2 * H + j] = dghn;
-        dhx[j] = dhd;
-      }
+      gru_bwd_span(static_cast<const float*>(v[kWs].data) + b * v[kWs].s0, c, dh, d, d2, dhx, H);
       store_row<T>(v[kDgi], b, GH, d);
       store_row<T>(v[kDgh], b, GH, d2);
       store_row<T>(v[kDhx], b, H, dhx);
     } else {
       load_row<T>(v[kHy], b, H, c, false);
-      for (int64_t j = 0; j < H; ++j) d[j] = dh[j] * rnn_act_grad(KIND, c[j]);
+      rnn_bwd_span<KIND>(c, dh, d, H);
       store_row<T>(v[kDgi], b, GH, d);
     }
   }

@@ -1,7 +1,7 @@
 // CPU single-call cell step for small batches (fp32, no autograd): the two GEMVs and the gate math in one
 // pass. At batch <= 16 torch's GEMM dispatch and the extra passes over the gates cost more than the math;
-// here each thread owns a range of hidden units, reads their weight rows once for the whole batch and
-// applies the gates while the rows are hot.
+// here each thread owns blocks of hidden units, reads their weight rows once per pair of batch rows and
+// applies the gates while the results are in registers/L1.
 #pragma once
 #include <algorithm>
 #include "crossfuse/cell.h"
@@ -21,74 +21,138 @@ struct SmallCellArgs {
 };
 
 constexpr int kSmallMaxBatch = 16;
+constexpr int kSmallUnits = 8;  // hidden units per block: 8 weight rows per gate
+#ifndef CF_SMALL_PAR_MACS
+#define CF_SMALL_PAR_MACS (1 << 15)
+#endif
+constexpr int64_t kSmallParallelMacs = CF_SMALL_PAR_MACS;  // below this, one thread beats the fork-join
 
+namespace small {
 typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+#define CF_AI __attribute__((always_inline)) inline
 
-namespace detail {
-inline v8f load8(const float* p) { v8f v; __builtin_memcpy(&v, p, 32); return v; }
-inline float hsum8(v8f v) {
-  float s = 0.f;
-  for (int i = 0; i < 8; ++i) s += v[i];
-  return s;
+CF_AI v8f load8(const float* p) { v8f v; __builtin_memcpy(&v, p, 32); return v; }
+CF_AI void store8(float* p, v8f v) { __builtin_memcpy(p, &v, 32); }
+CF_AI void store4(float* p, v4f v) { __builtin_memcpy(p, &v, 16); }
+// Pairwise sums within 128-bit halves (vhaddps): [a0+a1, a2+a3, b0+b1, b2+b3 | same for the upper half].
+CF_AI v8f hadd(v8f a, v8f b) {
+  return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) + __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
 }
-}  // namespace detail
+// The eight horizontal sums of a0..a7 as one vector (lane i = sum of ai): a transposing reduction costs about
+// one instruction per sum, where eight separate reductions cost seven each.
+CF_AI v8f hsum8x8(const v8f* a) {
+  v8f u0 = hadd(hadd(a[0], a[1]), hadd(a[2], a[3])), u1 = hadd(hadd(a[4], a[5]), hadd(a[6], a[7]));
+  return __builtin_shufflevector(u0, u1, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(u0, u1, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+CF_AI float hsum(v8f v) {
+  v4f s = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+  s += __builtin_shufflevector(s, s, 2, 3, 0, 1);
+  return s[0] + s[1];
+}
 
-// out[b] = dot(a + b * sa, w) for b < NB (NB <= 4), length K: one weight load feeds NB FMAs.
-template <int NB>
-__attribute__((always_inline)) inline void dotn(const float* a, int64_t sa, const float* w, int64_t K, float* out) {
-  using namespace detail;
-  v8f acc[NB] = {};
+// Dot products of NR weight rows (stride K) with NB input rows (stride sa), NR * NB = 8 independent
+// accumulators (one chain would be latency-bound); writes out[b * ldo + r].
+template <int NR, int NB>
+CF_AI void tile8(const float* w, const float* a, int64_t sa, int64_t K, float* out, int ldo) {
+  static_assert(NR * NB == 8, "eight accumulators");
+  v8f acc[NB * NR] = {};
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
-    v8f wv = load8(w + k);
-    for (int b = 0; b < NB; ++b) acc[b] += load8(a + b * sa + k) * wv;
+    v8f av[NB];
+    for (int b = 0; b < NB; ++b) av[b] = load8(a + b * sa + k);
+    for (int r = 0; r < NR; ++r) {
+      v8f wv = load8(w + r * K + k);
+      for (int b = 0; b < NB; ++b) acc[b * NR + r] += wv * av[b];
+    }
   }
-  for (int b = 0; b < NB; ++b) {
-    float s = hsum8(acc[b]);
-    for (int64_t t = k; t < K; ++t) s += a[b * sa + t] * w[t];
-    out[b] = s;
+  v8f s = hsum8x8(acc);  // lane b * NR + r
+  if (k < K) {
+    for (int b = 0; b < NB; ++b)
+      for (int r = 0; r < NR; ++r)
+        for (int64_t t = k; t < K; ++t) s[b * NR + r] += w[r * K + t] * a[b * sa + t];
+  }
+  if (NB == 1) {
+    store8(out, s);
+  } else {
+    store4(out, __builtin_shufflevector(s, s, 0, 1, 2, 3));
+    store4(out + ldo, __builtin_shufflevector(s, s, 4, 5, 6, 7));
   }
 }
 
-__attribute__((always_inline)) inline void dot_batch(const float* a, int64_t sa, int64_t B, const float* w, int64_t K,
-                                                     float* out) {
-  int64_t b = 0;
-  for (; b + 4 <= B; b += 4) dotn<4>(a + b * sa, sa, w, K, out + b);
-  switch (B - b) {
-    case 3: dotn<3>(a + b * sa, sa, w, K, out + b); break;
-    case 2: dotn<2>(a + b * sa, sa, w, K, out + b); break;
-    case 1: dotn<1>(a + b * sa, sa, w, K, out + b); break;
-    default: break;
-  }
+CF_AI void dot1(const float* w, const float* a, int64_t K, float* out) {
+  v8f acc = {};
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) acc += load8(w + k) * load8(a + k);
+  float s = hsum(acc);
+  for (; k < K; ++k) s += w[k] * a[k];
+  *out = s;
 }
 
+// out[b * ldo + r] = dot(w + r * K, a + b * sa) for R rows and B batch rows: 4x2 and 8x1 tiles, single-row tails.
+CF_AI void rows_dot(const float* w, int64_t R, const float* a, int64_t sa, int64_t B, int64_t K, float* out, int ldo) {
+  const int64_t B2 = B & ~int64_t(1);
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4)  // the 4 rows stay in L1 while every batch pair passes over them
+    for (int64_t b = 0; b < B2; b += 2) tile8<4, 2>(w + r * K, a + b * sa, sa, K, out + b * ldo + r, ldo);
+  for (; r < R; ++r)
+    for (int64_t b = 0; b < B2; ++b) dot1(w + r * K, a + b * sa, K, out + b * ldo + r);
+  if (B2 < B) {  // the odd last batch row
+    for (r = 0; r + 8 <= R; r += 8) tile8<8, 1>(w + r * K, a + B2 * sa, sa, K, out + B2 * ldo + r, ldo);
+    for (; r < R; ++r) dot1(w + r * K, a + B2 * sa, K, out + B2 * ldo + r);
+  }
+}
+#undef CF_AI
+}  // namespace small
+
+// Hidden units [j0, j1), in blocks of U: the gate pre-activations of a block land in gi/gh[gate][batch][unit],
+// then the gate math runs over the U units of a batch row as one (vectorisable) loop.
 template <int KIND>
 CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t j1) {
   constexpr int G = KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1);
-  const int64_t B = a.B, H = a.H;
-  float gi[G][kSmallMaxBatch], gh[G][kSmallMaxBatch];
-  for (int64_t j = j0; j < j1; ++j) {
+  constexpr int U = kSmallUnits;
+  const int64_t B = a.B, H = a.H, I = a.I;
+  float gi[G][kSmallMaxBatch][U], gh[G][kSmallMaxBatch][U];
+  float bi[G][U], bh[G][U], hprev[U], cprev[U], h2[U], c2[U];
+  for (int64_t u0 = j0; u0 < j1; u0 += U) {
+    const int64_t n = std::min<int64_t>(U, j1 - u0);
     for (int k = 0; k < G; ++k) {
-      const int64_t row = k * H + j;
-      dot_batch(a.x, a.sx, B, a.w_ih + row * a.I, a.I, gi[k]);
-      if (a.hx) dot_batch(a.hx, a.sh, B, a.w_hh + row * H, H, gh[k]);
-      else std::fill(gh[k], gh[k] + B, 0.f);
-      const float bi = a.b_ih ? a.b_ih[row] : 0.f, bh = a.b_hh ? a.b_hh[row] : 0.f;
-      for (int64_t b = 0; b < B; ++b) { gi[k][b] += bi; gh[k][b] += bh; }
+      const int64_t row = k * H + u0;
+      small::rows_dot(a.w_ih + row * I, n, a.x, a.sx, B, I, &gi[k][0][0], U);
+      if (a.hx) small::rows_dot(a.w_hh + row * H, n, a.hx, a.sh, B, H, &gh[k][0][0], U);
+      for (int u = 0; u < U; ++u) {
+        bi[k][u] = a.b_ih && u < n ? a.b_ih[row + u] : 0.f;
+        bh[k][u] = a.b_hh && u < n ? a.b_hh[row + u] : 0.f;
+      }
     }
     for (int64_t b = 0; b < B; ++b) {
-      float* hy = a.hy + b * a.shy + j;
+      for (int u = 0; u < U; ++u) {  // lanes past n are padding: computed on zeros, never stored
+        hprev[u] = a.hx && u < n ? a.hx[b * a.sh + u0 + u] : 0.f;
+        cprev[u] = a.cx && u < n ? a.cx[b * a.sc + u0 + u] : 0.f;
+        for (int k = 0; k < G; ++k) {
+          if (!a.hx || u >= n) gh[k][b][u] = 0.f;
+          if (u >= n) gi[k][b][u] = 0.f;
+        }
+      }
+      for (int u = 0; u < U; ++u) {
+        if (KIND == kLstm) {
+          float i = gi[0][b][u] + gh[0][b][u] + bi[0][u] + bh[0][u], f = gi[1][b][u] + gh[1][b][u] + bi[1][u] + bh[1][u],
+                g = gi[2][b][u] + gh[2][b][u] + bi[2][u] + bh[2][u], o = gi[3][b][u] + gh[3][b][u] + bi[3][u] + bh[3][u];
+          lstm_fwd(i, f, g, o, cprev[u], c2[u], h2[u]);
+        } else if (KIND == kGru) {
+          float r = gi[0][b][u] + gh[0][b][u] + bi[0][u] + bh[0][u], z = gi[1][b][u] + gh[1][b][u] + bi[1][u] + bh[1][u],
+                nn = gi[2][b][u] + bi[2][u];
+          h2[u] = gru_fwd(r, z, nn, gh[2][b][u] + bh[2][u], hprev[u]);
+        } else {
+          h2[u] = rnn_act(KIND, gi[0][b][u] + gh[0][b][u] + bi[0][u] + bh[0][u]);
+        }
+      }
+      float* hy = a.hy + b * a.shy + u0;
+      for (int64_t u = 0; u < n; ++u) hy[u] = h2[u];
       if (KIND == kLstm) {
-        float i = gi[0][b] + gh[0][b], f = gi[1][b] + gh[1][b], g = gi[2][b] + gh[2][b], o = gi[3][b] + gh[3][b];
-        float c2, h2;
-        lstm_fwd(i, f, g, o, a.cx ? a.cx[b * a.sc + j] : 0.f, c2, h2);
-        *hy = h2;
-        a.cy[b * a.scy + j] = c2;
-      } else if (KIND == kGru) {
-        float r = gi[0][b] + gh[0][b], z = gi[1][b] + gh[1][b], n = gi[2][b];
-        *hy = gru_fwd(r, z, n, gh[2][b], a.hx ? a.hx[b * a.sh + j] : 0.f);
-      } else {
-        *hy = rnn_act(KIND, gi[0][b] + gh[0][b]);
+        float* cy = a.cy + b * a.scy + u0;
+        for (int64_t u = 0; u < n; ++u) cy[u] = c2[u];
       }
     }
   }
@@ -98,12 +162,13 @@ template <int KIND>
 void small_cell(const SmallCellArgs& a) {
   const int64_t macs = a.B * a.H * (KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1)) * (a.I + a.H);
 #if defined(_OPENMP)
-  if (macs >= (1 << 19) && a.H >= 16) {
+  const int64_t blocks = (a.H + kSmallUnits - 1) / kSmallUnits;
+  if (macs >= kSmallParallelMacs && blocks >= 2) {
 #pragma omp parallel
     {
-      int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      int64_t chunk = (a.H + nt - 1) / nt, j0 = t * chunk, j1 = std::min(a.H, j0 + chunk);
-      if (j0 < j1) small_cell_range<KIND>(a, j0, j1);
+      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t per = (blocks + nt - 1) / nt, b0 = t * per, b1 = std::min(blocks, b0 + per);
+      if (b0 < b1) small_cell_range<KIND>(a, b0 * kSmallUnits, std::min(a.H, b1 * kSmallUnits));
     }
     return;
   }

@@ -74,17 +74,23 @@ def _time_once(fn, n):
     return (time.perf_counter() - t0) / n
 
 
-def median_time(fn: Callable, device: torch.device, quick: bool) -> float:
-    """Median seconds per call."""
+def median_times(impls: dict[str, Callable], device: torch.device, quick: bool) -> dict[str, float]:
+    """Median seconds per call of each implementation. On CPU the implementations take turns, one batch of
+    calls each per round, so that a slow spell of a shared machine hits them all alike and the ratios hold."""
     if device.type == "cuda":
         import triton.testing
-        return triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100,
-                                       return_mode="median") * 1e-3
-    fn()
-    once = _time_once(fn, 1)
-    n = max(1, min(10000, int((0.002 if quick else 0.01) / max(once, 1e-7))))
-    reps = 7 if quick else 21
-    return statistics.median(_time_once(fn, n) for _ in range(reps))
+        return {name: triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100,
+                                              return_mode="median") * 1e-3 for name, fn in impls.items()}
+    counts = {}
+    for name, fn in impls.items():
+        fn()
+        once = min(_time_once(fn, 1) for _ in range(3))
+        counts[name] = max(1, min(10000, int((0.002 if quick else 0.01) / max(once, 1e-7))))
+    samples = {name: [] for name in impls}
+    for _ in range(9 if quick else 21):
+        for name, fn in impls.items():
+            samples[name].append(_time_once(fn, counts[name]))
+    return {name: statistics.median(ts) for name, ts in samples.items()}
 
 
 def peak_memory(fn: Callable, device: torch.device) -> int | None:
@@ -111,9 +117,7 @@ def run_cases(cases: list[Case], device: torch.device, quick: bool, log=print) -
     rows = []
     pk = peaks(device)
     for case in cases:
-        times = {}
-        for name, fn in case.impls.items():
-            times[name] = median_time(fn, device, quick)
+        times = median_times(case.impls, device, quick)
         peer_t = times[case.peer]
         for name, t in times.items():
             lowp = case.dtype in ("float16", "bfloat16")

@@ -1,6 +1,6 @@
 import torch
 
-from crossfuse.nn._cell import bias, check_input
+from crossfuse.nn._cell import check_input, params
 from crossfuse.ops.gru_cell import gru_cell
 
 
@@ -12,5 +12,5 @@ class GRUCell(torch.nn.GRUCell):
         self.backend = backend
 
     def forward(self, input, hx=None):
-        check_input(self, input, [hx])
-        return gru_cell(input, hx, self.weight_ih, self.weight_hh, *bias(self), backend=self.backend)
+        check_input(self, input, (hx,))
+        return gru_cell(input, hx, *params(self), backend=self.backend)

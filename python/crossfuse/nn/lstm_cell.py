@@ -1,6 +1,6 @@
 import torch
 
-from crossfuse.nn._cell import bias, check_input
+from crossfuse.nn._cell import check_input, params
 from crossfuse.ops.lstm_cell import lstm_cell
 
 
@@ -12,5 +12,5 @@ class LSTMCell(torch.nn.LSTMCell):
         self.backend = backend
 
     def forward(self, input, hx=None):
-        check_input(self, input, [] if hx is None else list(hx))
-        return lstm_cell(input, hx, self.weight_ih, self.weight_hh, *bias(self), backend=self.backend)
+        check_input(self, input, () if hx is None else hx)
+        return lstm_cell(input, hx, *params(self), backend=self.backend)

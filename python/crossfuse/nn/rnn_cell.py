@@ -1,6 +1,6 @@
 import torch
 
-from crossfuse.nn._cell import bias, check_input
+from crossfuse.nn._cell import check_input, params
 from crossfuse.ops.rnn_cell import NONLINEARITIES, rnn_cell
 
 
@@ -15,6 +15,6 @@ class RNNCell(torch.nn.RNNCell):
         self.backend = backend
 
     def forward(self, input, hx=None):
-        check_input(self, input, [hx])
-        return rnn_cell(input, hx, self.weight_ih, self.weight_hh, *bias(self),
+        check_input(self, input, (hx,))
+        return rnn_cell(input, hx, *params(self),
                         nonlinearity=self.nonlinearity, backend=self.backend)

@@ -177,25 +177,41 @@ def _define_custom_op(op: str):
 _CUSTOM_OPS = {op: _define_custom_op(op) for op in ("rnn_cell", "lstm_cell", "gru_cell")}
 
 
-def _step_fits(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    """Whether the CPU single-call step takes these: fp32, small batch, unit-stride rows."""
-    # Measured on the 2-core dev CPU: faster than torch's GEMMs up to about B*H = 2048.
-    return (x.dtype == torch.float32 and x.shape[0] * w_hh.shape[1] <= 2048 and x.stride(1) == 1
-            and w_ih.is_contiguous() and w_hh.is_contiguous()
-            and all(t is None or t.stride(-1) == 1 for t in (hx, cx, b_ih, b_hh)))
+_STEP_MAX_BH = 2048  # B*H up to which the single-call step beats torch's GEMMs on the 2-core dev CPU
+_STEP_MAX_BATCH = _backend.ext.cpu.cell_step_max_batch if _backend.ext is not None else 0  # the C++ side's limit
 
 
-def cell_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    """CPU, no autograd, small batch: both GEMVs and the gate math in one C++ call."""
+def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    """A no-grad call on CPU for the cpu backend that fits the single-call step (fp32, small batch, unit-stride
+    rows) runs here as one C++ call; otherwise None, and the general path, with its full checks, runs instead.
+    At these sizes the Python around the kernel costs as much as the kernel, so every check here is a cheap
+    attribute test (about 0.1 us each)."""
+    if x.dtype is not torch.float32 or x.ndim != 2:
+        return None
     B, I = x.shape
-    H = w_hh.shape[1]
-    hy = _backend.empty((B, H), dtype=x.dtype, device=x.device)
-    cy = _backend.empty((B, H), dtype=x.dtype, device=x.device) if kind == "lstm" else None
-    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    row = lambda t: 0 if t is None else t.stride(0)  # noqa: E731
-    _backend.ext.cpu.cell_step(KINDS[kind], B, I, H, x.data_ptr(), x.stride(0), ptr(hx), row(hx), ptr(cx), row(cx),
-                               w_ih.data_ptr(), w_hh.data_ptr(), ptr(b_ih), ptr(b_hh), hy.data_ptr(), hy.stride(0),
-                               ptr(cy), row(cy))
+    GH, H = w_hh.shape
+    if (B > _STEP_MAX_BATCH or B * H > _STEP_MAX_BH or GH != GATES[kind] * H or x.stride()[1] != 1
+            or w_hh.dtype is not torch.float32 or not w_hh.is_cpu or not w_hh.is_contiguous()
+            or w_ih.dtype is not torch.float32 or not w_ih.is_cpu or not w_ih.is_contiguous() or w_ih.shape != (GH, I)):
+        return None
+    for b in (b_ih, b_hh):
+        if b is not None and (b.dtype is not torch.float32 or not b.is_cpu or b.shape != (GH,) or b.stride()[0] != 1):
+            return None
+    for s in (hx, cx):
+        if s is not None and (s.dtype is not torch.float32 or not s.is_cpu or s.shape != (B, H) or s.stride()[1] != 1):
+            return None
+    if _backend.FILL_NAN:
+        hy = x.new_full((B, H), float("nan"))
+        cy = x.new_full((B, H), float("nan")) if kind == "lstm" else None
+    else:  # new_empty: half the cost of torch.empty(shape, dtype=, device=)
+        hy = x.new_empty((B, H))
+        cy = x.new_empty((B, H)) if kind == "lstm" else None
+    _backend.ext.cpu.cell_step(
+        KINDS[kind], B, I, H, x.data_ptr(), x.stride()[0],
+        0 if hx is None else hx.data_ptr(), 0 if hx is None else hx.stride()[0],
+        0 if cx is None else cx.data_ptr(), 0 if cx is None else cx.stride()[0],
+        w_ih.data_ptr(), w_hh.data_ptr(), 0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
+        hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H)
     return hy, cy
 
 
@@ -211,9 +227,7 @@ def _check_tensor(op, name, t, dtype, device, shape):
         raise ValueError(f"{op}: expected {name} of shape {shape}, got {tuple(t.shape)}")
 
 
-def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
-    """Validates, picks the backend and runs one cell step. hx/cx may be None (zeros)."""
-    op = OP_OF[kind]
+def _validate(op, kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{op}: expected input to be a torch.Tensor, got {type(input).__name__}")
     if input.dtype not in _backend.DTYPE_CODES:
@@ -223,35 +237,59 @@ def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
     if not isinstance(w_hh, torch.Tensor) or w_hh.dim() != 2:
         raise ValueError(f"{op}: expected w_hh to be a 2-D tensor (gates*hidden_size, hidden_size)")
     unbatched = input.dim() == 1
-    x = input.unsqueeze(0) if unbatched else input
-    B, I = x.shape
+    B, I = (1, input.shape[0]) if unbatched else input.shape
     H = w_hh.shape[1]
     GH = GATES[kind] * H
-    dtype, device = x.dtype, x.device
+    dtype, device = input.dtype, input.device
     _check_tensor(op, "w_hh", w_hh, dtype, device, (GH, H))
     _check_tensor(op, "w_ih", w_ih, dtype, device, (GH, I))
     state_shape = (H,) if unbatched else (B, H)
     for name, t, shape in (("b_ih", b_ih, (GH,)), ("b_hh", b_hh, (GH,)), ("hx", hx, state_shape), ("cx", cx, state_shape)):
         if t is not None:
             _check_tensor(op, name, t, dtype, device, shape)
+    return unbatched
+
+
+def _needs_grad(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    return torch.is_grad_enabled() and (w_hh.requires_grad or w_ih.requires_grad or x.requires_grad or any(
+        t is not None and t.requires_grad for t in (hx, cx, b_ih, b_hh)))
+
+
+def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
+    """Validates, picks the backend and runs one cell step. hx/cx may be None (zeros)."""
+    op = OP_OF[kind]
+    compiling = torch.compiler.is_compiling()
+    chosen = None
+    if not compiling and type(input) is torch.Tensor and input.ndim == 2 and input.is_cpu:
+        chosen = _backend.choose(op, input.device, backend)
+        try:
+            out = None
+            if chosen == "cpu" and not _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+                out = _try_cpu_step(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+        except (AttributeError, TypeError, ValueError):
+            out = None  # malformed arguments: _validate below says what is wrong
+        if out is not None:
+            return out
+    unbatched = _validate(op, kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    x = input
     if unbatched:
+        x = input.unsqueeze(0)
         hx = None if hx is None else hx.unsqueeze(0)
         cx = None if cx is None else cx.unsqueeze(0)
 
-    if torch.compiler.is_compiling():
+    if compiling:
         hy, cy, _ = _CUSTOM_OPS[op](kind, backend or "", x, hx, cx, w_ih, w_hh, b_ih, b_hh)
         cy = cy if kind == "lstm" else None
     else:
-        backend = _backend.choose(op, device, backend)
+        backend = chosen or _backend.choose(op, x.device, backend)
         if backend == "reference":
             hy, cy = _reference(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
-        elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, hx, cx, w_ih, w_hh, b_ih, b_hh)):
+        elif _needs_grad(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
             out = _CellFunction.apply(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
             hy, cy = out if kind == "lstm" else (out, None)
-        elif backend == "cpu" and _step_fits(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-            hy, cy = cell_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
         else:
-            hy, cy, _ = cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, False)
+            out = _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh) if backend == "cpu" and unbatched else None
+            hy, cy = out if out is not None else cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, False)[:2]
     if unbatched:
         hy = hy.squeeze(0)
         cy = None if cy is None else cy.squeeze(0)
