@@ -177,6 +177,7 @@ def _define_custom_op(op: str):
 _CUSTOM_OPS = {op: _define_custom_op(op) for op in ("rnn_cell", "lstm_cell", "gru_cell")}
 
 
+_F32 = torch.float32
 _STEP_MAX_BH = 2048  # B*H up to which the single-call step beats torch's GEMMs on the 2-core dev CPU
 _STEP_MAX_BATCH = _backend.ext.cpu.cell_step_max_batch if _backend.ext is not None else 0  # the C++ side's limit
 
@@ -186,20 +187,23 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
     rows) runs here as one C++ call; otherwise None, and the general path, with its full checks, runs instead.
     At these sizes the Python around the kernel costs as much as the kernel, so every check here is a cheap
     attribute test (about 0.1 us each)."""
-    if x.dtype is not torch.float32 or x.ndim != 2:
+    f32 = _F32
+    if x.dtype is not f32 or x.ndim != 2:
         return None
     B, I = x.shape
     GH, H = w_hh.shape
     if (B > _STEP_MAX_BATCH or B * H > _STEP_MAX_BH or GH != GATES[kind] * H or x.stride()[1] != 1
-            or w_hh.dtype is not torch.float32 or not w_hh.is_cpu or not w_hh.is_contiguous()
-            or w_ih.dtype is not torch.float32 or not w_ih.is_cpu or not w_ih.is_contiguous() or w_ih.shape != (GH, I)):
+            or w_hh.dtype is not f32 or not w_hh.is_cpu or not w_hh.is_contiguous()
+            or w_ih.dtype is not f32 or not w_ih.is_cpu or not w_ih.is_contiguous() or w_ih.shape != (GH, I)):
         return None
-    for b in (b_ih, b_hh):
-        if b is not None and (b.dtype is not torch.float32 or not b.is_cpu or b.shape != (GH,) or b.stride()[0] != 1):
-            return None
-    for s in (hx, cx):
-        if s is not None and (s.dtype is not torch.float32 or not s.is_cpu or s.shape != (B, H) or s.stride()[1] != 1):
-            return None
+    if b_ih is not None and (b_ih.dtype is not f32 or not b_ih.is_cpu or b_ih.shape != (GH,) or b_ih.stride()[0] != 1):
+        return None
+    if b_hh is not None and (b_hh.dtype is not f32 or not b_hh.is_cpu or b_hh.shape != (GH,) or b_hh.stride()[0] != 1):
+        return None
+    if hx is not None and (hx.dtype is not f32 or not hx.is_cpu or hx.shape != (B, H) or hx.stride()[1] != 1):
+        return None
+    if cx is not None and (cx.dtype is not f32 or not cx.is_cpu or cx.shape != (B, H) or cx.stride()[1] != 1):
+        return None
     if _backend.FILL_NAN:
         hy = x.new_full((B, H), float("nan"))
         cy = x.new_full((B, H), float("nan")) if kind == "lstm" else None
