@@ -23,7 +23,7 @@ def backend_cases(backends=("reference", "cpu", "triton", "cuda"), dtypes=DTYPES
 
 
 def assert_within_rule(name, got, torch_lowp, ref64, dtype):
-    """max|got - ref64| <= 2 * max|torch_lowp - ref64| + floor, and got is finite where ref64 is."""
+    """max|got - ref64| <= 2 * max|torch_lowp - ref64| + floor * max(1, max|ref64|), and got is finite."""
     if got is None or ref64 is None:
         assert got is None and ref64 is None, f"{name}: one of kernel/reference has no value"
         return
@@ -35,8 +35,11 @@ def assert_within_rule(name, got, torch_lowp, ref64, dtype):
     assert torch.isfinite(got64).all(), f"{name}: non-finite values"
     err = (got64 - ref).abs().max().item()
     base = (low64 - ref).abs().max().item()
-    bound = 2 * base + FLOOR[dtype]
-    assert err <= bound, f"{name}: max error {err:.3e} > 2 x PyTorch's {base:.3e} + {FLOOR[dtype]:.0e}"
+    # The floor is in units of the values' scale: a gradient summed over hundreds of rows can be ~100, and an
+    # absolute 1e-5 there is below fp32's resolution (PyTorch can hit 0 error by luck, e.g. a softmax of one key).
+    floor = FLOOR[dtype] * max(1.0, ref.abs().max().item())
+    bound = 2 * base + floor
+    assert err <= bound, f"{name}: max error {err:.3e} > 2 x PyTorch's {base:.3e} + {floor:.1e}"
 
 
 def strided(shape, dtype, device, gen_scale=1.0):

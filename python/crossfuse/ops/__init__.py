@@ -1,6 +1,7 @@
 """Functional ops. Each takes ``backend=`` (None: the fastest available for the inputs' device)."""
+from .cross_attention import cross_attention, cross_attention_varlen
 from .gru_cell import gru_cell
 from .lstm_cell import lstm_cell
 from .rnn_cell import rnn_cell
 
-__all__ = ["rnn_cell", "lstm_cell", "gru_cell"]
+__all__ = ["rnn_cell", "lstm_cell", "gru_cell", "cross_attention", "cross_attention_varlen"]
