@@ -76,8 +76,10 @@ def _tile_skipped(TILES, s_t_b, t, b, lo, hi, SEG_LE: tl.constexpr):
 @triton.jit
 def _keep(seed, bh, offs_m, offs_n, LQ_PAD, LK_PAD, p_drop):
     """Philox dropout mask: the same (seed, b*H+h, row, column) gives the same bit in forward and backward."""
-    row = (bh.to(tl.int64) * LQ_PAD + offs_m)[:, None] * LK_PAD + offs_n[None, :]
-    return tl.rand(seed, row.to(tl.uint32)) >= p_drop
+    # 32-bit arithmetic on purpose: the index only feeds the hash, so wrapping past 2^32 is harmless, and
+    # 64-bit offsets for a whole tile cost registers that spill.
+    row = (bh * LQ_PAD + offs_m)[:, None] * LK_PAD + offs_n[None, :]
+    return tl.rand(seed, row.to(tl.uint32, bitcast=True)) >= p_drop
 
 
 @triton.jit
@@ -470,3 +472,49 @@ def dropout_mask(B, HQ, LQ, LK, seed, p_drop, device):
         _dropout_mask_kernel[(triton.cdiv(LQ, 32), triton.cdiv(LK, 32), B * HQ)](
             out, *out.stride(), int(seed), float(p_drop), HQ, LQ, LK, BLOCK_M=32, BLOCK_N=32)
     return out.bool()
+
+
+# ---- AOT specs: every (head-dim config, dtype) the launchers can choose, heaviest flag set -------------------
+def _aot_specs():
+    import inspect
+    ptr_args = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
+    f32_ptrs = {"LSE", "DELTA"}
+    i32_ptrs = {"CU_Q", "CU_K", "KV_LEN", "QS", "KS", "KT", "QT"}
+    floats = {"p_drop", "scale2", "scale"}
+    specs = []
+    variants = [dict(VARLEN=False, HAS_LEN=True, HAS_KPM=True, HAS_SEG=True, SEG_LE=False, DROPOUT=True),
+                dict(VARLEN=True, HAS_LEN=False, HAS_KPM=False, HAS_SEG=False, SEG_LE=False, DROPOUT=True)]
+    for dtype, tl_t in _TL.items():
+        for bd in sorted(FWD_CONFIGS):
+            for vi, flags in enumerate(variants):
+                if vi == 1 and dtype != torch.float16:
+                    continue  # varlen differs from padded only in address arithmetic
+                for kname, kernel, cfg in (("cross_attention_fwd", _fwd_kernel, FWD_CONFIGS[bd]),
+                                           ("cross_attention_bwd_dkdv", _bwd_dkdv_kernel, BWD_CONFIGS[bd]),
+                                           ("cross_attention_bwd_dq", _bwd_dq_kernel, BWD_CONFIGS[bd])):
+                    BM, BN, warps, stages = cfg
+                    const = dict(flags, DOT_F32=False, PREC="ieee", BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd)
+                    sig = {}
+                    for name in inspect.signature(kernel.fn).parameters:
+                        if name in const:
+                            sig[name] = "constexpr"
+                        elif name in ptr_args:
+                            sig[name] = "*" + tl_t
+                        elif name in f32_ptrs:
+                            sig[name] = "*fp32"
+                        elif name in i32_ptrs:
+                            sig[name] = "*i32"
+                        elif name == "KPM":
+                            sig[name] = "*u8"
+                        elif name in floats:
+                            sig[name] = "fp32"
+                        else:
+                            sig[name] = "i32"
+                    tag = "varlen" if flags["VARLEN"] else "masked"
+                    specs.append(dict(name=kname, kernel=kernel, signature=sig, constexprs=const, num_warps=warps,
+                                      num_stages=stages,
+                                      config=f"{str(dtype)[6:]} D<={bd} {BM}x{BN} w{warps} s{stages} {tag}"))
+    return specs
+
+
+AOT_SPECS = _aot_specs()

@@ -1,6 +1,8 @@
 """Drop-in nn.Modules: same constructor, parameter names, state_dict keys and forward as torch.nn's."""
+from .cross_attention import BidirectionalCrossAttention, GatedCrossAttentionBlock, MultiheadCrossAttention
 from .gru_cell import GRUCell
 from .lstm_cell import LSTMCell
 from .rnn_cell import RNNCell
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell"]
+__all__ = ["RNNCell", "LSTMCell", "GRUCell", "MultiheadCrossAttention", "GatedCrossAttentionBlock",
+           "BidirectionalCrossAttention"]
