@@ -22,7 +22,7 @@ def _specs():
     out = []
     for mod in KERNEL_MODULES:
         for i, spec in enumerate(importlib.import_module(f"crossfuse.kernels.{mod}").AOT_SPECS):
-            out.extend((mod, i, arch) for arch in ARCHS)
+            out.extend((mod, i, arch) for arch in spec.get("archs", ARCHS))  # a spec may name its archs
     return out
 
 
@@ -43,7 +43,7 @@ def _compile(job):
         usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True,
                                check=True).stdout
     field = lambda n: int(re.search(rf"\b{n}:(\d+)", usage).group(1))  # noqa: E731
-    return {"kernel": spec["name"], "config": spec["config"], "arch": f"sm_{arch}", "registers": field("REG"),
+    return {"module": mod, "kernel": spec["name"], "config": spec["config"], "arch": f"sm_{arch}", "registers": field("REG"),
             "stack": field("STACK"), "local": field("LOCAL"), "shared": int(k.metadata.shared),
             "shared_limit": SMEM_LIMIT[arch]}
 

@@ -20,9 +20,44 @@ _TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 # ---- configs --------------------------------------------------------------------------------------------
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per padded head dim; the AOT check compiles each.
-FWD_CONFIGS = {16: (64, 64, 4, 2), 32: (64, 64, 4, 2), 64: (64, 64, 4, 2), 128: (64, 64, 4, 2), 256: (64, 32, 8, 1)}
-BWD_CONFIGS = {16: (64, 64, 4, 1), 32: (64, 64, 4, 1), 64: (64, 64, 4, 1), 128: (64, 64, 8, 1), 256: (32, 32, 8, 1)}
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel, operand width (16-bit or fp32) and padded head dim: the
+# largest tiles that compile without spills for sm_80 and sm_90 with every mask and dropout on (the AOT check
+# compiles each). fp32 runs IEEE dots (TF32 only when torch allows it), which need about twice the registers.
+CONFIGS = {
+    "fwd": {(16, 16): (64, 64, 4, 2), (16, 32): (64, 64, 4, 2), (16, 64): (64, 64, 8, 2), (16, 128): (64, 32, 8, 2),
+            (16, 256): (32, 16, 8, 1),
+            (32, 16): (64, 64, 8, 2), (32, 32): (32, 32, 4, 1), (32, 64): (32, 32, 4, 1), (32, 128): (16, 16, 4, 1),
+            (32, 256): (16, 32, 8, 1)},
+    "dkdv": {(16, 16): (64, 64, 8, 1), (16, 32): (64, 64, 8, 1), (16, 64): (32, 64, 8, 1), (16, 128): (32, 32, 8, 1),
+             (16, 256): (16, 16, 8, 1),
+             (32, 16): (64, 64, 8, 1), (32, 32): (32, 64, 8, 1), (32, 64): (32, 32, 4, 1), (32, 128): (16, 32, 8, 1),
+             (32, 256): (16, 16, 8, 1)},
+    "dq": {(16, 16): (64, 64, 8, 1), (16, 32): (64, 64, 8, 1), (16, 64): (64, 64, 8, 1), (16, 128): (32, 64, 8, 1),
+           (16, 256): (32, 16, 8, 1),
+           (32, 16): (64, 64, 8, 1), (32, 32): (64, 64, 8, 1), (32, 64): (32, 64, 8, 1), (32, 128): (16, 32, 8, 1),
+           (32, 256): (16, 16, 8, 1)},
+}
+HEAD_DIMS = (16, 32, 64, 128, 256)
+# sm_80 has no wgmma: its mma.sync keeps more operands in registers, so some tiles must shrink there.
+SM80_OVERRIDES = {
+    "fwd": {(16, 32): (64, 64, 8, 2), (16, 64): (64, 32, 8, 2), (16, 128): (32, 32, 8, 2)},
+    "dkdv": {(16, 16): (32, 32, 8, 1), (16, 32): (32, 32, 8, 1), (16, 64): (16, 32, 8, 1)},
+    "dq": {(16, 64): (32, 64, 8, 1), (32, 128): (16, 16, 4, 1)},
+}
+
+
+def config(kernel: str, dtype: torch.dtype, BLOCK_D: int, arch: int = 90):
+    key = (32 if dtype == torch.float32 else 16, BLOCK_D)
+    if arch < 90 and key in SM80_OVERRIDES[kernel]:
+        return SM80_OVERRIDES[kernel][key]
+    return CONFIGS[kernel][key]
+
+
+def device_arch(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 90  # the interpreter: any table is exact
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def block_d(D: int) -> int:
@@ -395,7 +430,8 @@ class Problem:
         self.seg_le = segment_le
         self.scale, self.p_drop, self.seed = float(scale), float(dropout_p), int(seed)
         self.BLOCK_D = block_d(self.D)
-        dtype = q.dtype
+        dtype = self.dtype = q.dtype
+        self.arch = device_arch(q.device)
         self.dot_f32 = _interpreted() and dtype == torch.bfloat16
         tf32 = dtype == torch.float32 and not _interpreted() and torch.backends.cuda.matmul.allow_tf32
         self.prec = "tf32" if tf32 else "ieee"
@@ -426,7 +462,7 @@ class Problem:
 def forward(pb: Problem, q, k, v, out, lse):
     if pb.B * pb.HQ == 0 or pb.LQ == 0:
         return
-    BM, BN, warps, stages = FWD_CONFIGS[pb.BLOCK_D]
+    BM, BN, warps, stages = config("fwd", pb.dtype, pb.BLOCK_D, pb.arch)
     kt, s_kt = pb.tiles(pb.ks, BN)
     grid = (pb.B * pb.HQ, triton.cdiv(pb.LQ, BM))
     _fwd_kernel[grid](q, k, v, out, lse, *_layout(q, pb.varlen), *_layout(k, pb.varlen), *_layout(v, pb.varlen),
@@ -441,9 +477,9 @@ def backward(pb: Problem, q, k, v, out, lse, do, dq, dk, dv):
     delta = torch.empty_like(lse)  # same strides as lse: the kernels index both with lse's
     if lse.numel():
         delta.copy_(_rowdot(do, out, pb.varlen))
-    BM, BN, warps, stages = BWD_CONFIGS[pb.BLOCK_D]
     common = [*_layout(q, pb.varlen), *_layout(k, pb.varlen), *_layout(v, pb.varlen), *_layout(do, pb.varlen),
               *_stat_layout(lse, pb.varlen)]
+    BM, BN, warps, stages = config("dkdv", pb.dtype, pb.BLOCK_D, pb.arch)
     qt, s_qt = pb.tiles(pb.qs, BM)
     if pb.LK:
         _bwd_dkdv_kernel[(pb.B * pb.HKV, triton.cdiv(pb.LK, BN))](
@@ -451,6 +487,7 @@ def backward(pb: Problem, q, k, v, out, lse, do, dq, dk, dv):
             *pb.mask_args(), qt, s_qt, pb.seed, pb.p_drop, pb.scale * _LOG2E, pb.scale,
             pb.HKV, pb.HQ // pb.HKV, pb.LQ, pb.LK, pb.D, **pb.flags(), BLOCK_M=BM, BLOCK_N=BN,
             num_warps=warps, num_stages=stages)
+    BM, BN, warps, stages = config("dq", pb.dtype, pb.BLOCK_D, pb.arch)
     kt, s_kt = pb.tiles(pb.ks, BN)
     if pb.LQ:
         _bwd_dq_kernel[(pb.B * pb.HQ, triton.cdiv(pb.LQ, BM))](
@@ -477,6 +514,7 @@ def dropout_mask(B, HQ, LQ, LK, seed, p_drop, device):
 # ---- AOT specs: every (head-dim config, dtype) the launchers can choose, heaviest flag set -------------------
 def _aot_specs():
     import inspect
+    import itertools
     ptr_args = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
     f32_ptrs = {"LSE", "DELTA"}
     i32_ptrs = {"CU_Q", "CU_K", "KV_LEN", "QS", "KS", "KT", "QT"}
@@ -484,36 +522,39 @@ def _aot_specs():
     specs = []
     variants = [dict(VARLEN=False, HAS_LEN=True, HAS_KPM=True, HAS_SEG=True, SEG_LE=False, DROPOUT=True),
                 dict(VARLEN=True, HAS_LEN=False, HAS_KPM=False, HAS_SEG=False, SEG_LE=False, DROPOUT=True)]
-    for dtype, tl_t in _TL.items():
-        for bd in sorted(FWD_CONFIGS):
-            for vi, flags in enumerate(variants):
-                if vi == 1 and dtype != torch.float16:
-                    continue  # varlen differs from padded only in address arithmetic
-                for kname, kernel, cfg in (("cross_attention_fwd", _fwd_kernel, FWD_CONFIGS[bd]),
-                                           ("cross_attention_bwd_dkdv", _bwd_dkdv_kernel, BWD_CONFIGS[bd]),
-                                           ("cross_attention_bwd_dq", _bwd_dq_kernel, BWD_CONFIGS[bd])):
-                    BM, BN, warps, stages = cfg
-                    const = dict(flags, DOT_F32=False, PREC="ieee", BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd)
-                    sig = {}
-                    for name in inspect.signature(kernel.fn).parameters:
-                        if name in const:
-                            sig[name] = "constexpr"
-                        elif name in ptr_args:
-                            sig[name] = "*" + tl_t
-                        elif name in f32_ptrs:
-                            sig[name] = "*fp32"
-                        elif name in i32_ptrs:
-                            sig[name] = "*i32"
-                        elif name == "KPM":
-                            sig[name] = "*u8"
-                        elif name in floats:
-                            sig[name] = "fp32"
-                        else:
-                            sig[name] = "i32"
-                    tag = "varlen" if flags["VARLEN"] else "masked"
-                    specs.append(dict(name=kname, kernel=kernel, signature=sig, constexprs=const, num_warps=warps,
-                                      num_stages=stages,
-                                      config=f"{str(dtype)[6:]} D<={bd} {BM}x{BN} w{warps} s{stages} {tag}"))
+    for arch, dtype, bd, vi in itertools.product((80, 90), _TL, HEAD_DIMS, range(len(variants))):
+        tl_t, flags = _TL[dtype], variants[vi]
+        if vi == 1 and dtype != torch.float16:
+            continue  # varlen differs from padded only in address arithmetic
+        for kname, kernel, kind in (("cross_attention_fwd", _fwd_kernel, "fwd"),
+                                    ("cross_attention_bwd_dkdv", _bwd_dkdv_kernel, "dkdv"),
+                                    ("cross_attention_bwd_dq", _bwd_dq_kernel, "dq")):
+            BM, BN, warps, stages = config(kind, dtype, bd, arch)
+            const = dict(flags, DOT_F32=False, PREC="ieee", BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=bd)
+            sig = {}
+            for name in inspect.signature(kernel.fn).parameters:
+                if name in const:
+                    sig[name] = "constexpr"
+                elif name in ptr_args:
+                    sig[name] = "*" + tl_t
+                elif name in f32_ptrs:
+                    sig[name] = "*fp32"
+                elif name in i32_ptrs:
+                    sig[name] = "*i32"
+                elif name == "KPM":
+                    sig[name] = "*u8"
+                elif name in floats:
+                    sig[name] = "fp32"
+                else:
+                    sig[name] = "i32"
+            tag = "varlen" if flags["VARLEN"] else "masked"
+            specs.append(dict(name=kname, kernel=kernel, signature=sig, constexprs=const, num_warps=warps,
+                              num_stages=stages, archs=(arch,),
+                              config=f"{str(dtype)[6:]} D<={bd} {BM}x{BN} w{warps} s{stages} {tag}"))
+    sig = {name: "i32" for name in inspect.signature(_dropout_mask_kernel.fn).parameters}
+    sig.update(OUT="*i8", p_drop="fp32", BLOCK_M="constexpr", BLOCK_N="constexpr")
+    specs.append(dict(name="cross_attention_dropout_mask", kernel=_dropout_mask_kernel, signature=sig,
+                      constexprs=dict(BLOCK_M=32, BLOCK_N=32), num_warps=4, num_stages=1, config="32x32 w4"))
     return specs
 
 

@@ -184,6 +184,17 @@ def _check_common(op, scale, dropout_p):
         raise ValueError(f"{op}: expected dropout_p in [0, 1), got {dropout_p!r}")
 
 
+_INTERPRETED = _backend.interpreter_on()
+
+
+def _choose(q, backend):
+    if torch.compiler.is_compiling():
+        # traced: a static choice (use_backend's thread-local is not consulted inside a compiled region); the
+        # reference is plain torch ops that compile as they are, the Triton path is the custom op
+        return backend or ("triton" if q.is_cuda or _INTERPRETED else "reference")
+    return _backend.choose(OP, q.device, backend)
+
+
 def _run(q, k, v, masks, scale, dropout_p):
     seed = _seed(dropout_p)
     if torch.compiler.is_compiling():
@@ -232,11 +243,13 @@ def cross_attention(q, k, v, *, key_padding_mask=None, kv_lengths=None, q_segmen
     kv_len = _int_tensor(op, "kv_lengths", kv_lengths, (B,), q.device)
     qs = _int_tensor(op, "q_segment_ids", q_segment_ids, (B, Lq), q.device)
     ks = _int_tensor(op, "kv_segment_ids", kv_segment_ids, (B, Lk), q.device)
-    if kv_len is not None and kv_len.numel() and not torch.compiler.is_compiling() and bool((kv_len < 0).any()):
+    # Checked where it costs no device sync (CPU tensors); on the GPU the kernels read a negative length as 0.
+    if kv_len is not None and kv_len.is_cpu and kv_len.numel() and not torch.compiler.is_compiling() \
+            and bool((kv_len < 0).any()):
         raise ValueError(f"{op}: expected kv_lengths >= 0, got {kv_lengths.min().item()}")
     scale = float(D ** -0.5 if scale is None else scale)
 
-    chosen = _backend.choose(op, q.device, backend) if not torch.compiler.is_compiling() else "triton"
+    chosen = _choose(q, backend)
     if chosen == "reference":
         from crossfuse.reference.cross_attention import cross_attention as ref
         res = ref(q, k, v, key_padding_mask=kpm, kv_lengths=kv_len, q_segment_ids=qs, kv_segment_ids=ks,
@@ -270,7 +283,7 @@ def cross_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
         raise ValueError(f"{op}: expected cu_seqlens_q and cu_seqlens_k of the same length, got "
                          f"{cu[0].numel()} and {cu[1].numel()}")
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)
-    chosen = _backend.choose(OP, q.device, backend) if not torch.compiler.is_compiling() else "triton"
+    chosen = _choose(q, backend)
     if chosen == "reference":
         return _varlen_reference(q, k, v, cu[0], cu[1], scale, float(dropout_p), return_lse)
     masks = (None, None, None, None, False, cu[0], cu[1], int(max_seqlen_q), int(max_seqlen_k))
