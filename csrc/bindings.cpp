@@ -5,6 +5,7 @@
 #include <vector>
 #include "crossfuse/cell.h"
 #include "crossfuse/cell_cpu_small.h"
+#include "crossfuse/rnn_cpu.h"
 
 #ifdef CROSSFUSE_WITH_CUDA
 #include <cuda_runtime.h>
@@ -18,6 +19,7 @@ void rnn_cell_cpu(const CellArgs&, bool);
 void lstm_cell_cpu(const CellArgs&, bool);
 void gru_cell_cpu(const CellArgs&, bool);
 void cell_step_cpu(const SmallCellArgs&);
+void rnn_sequence_cpu(const SeqArgs&);
 #ifdef CROSSFUSE_WITH_CUDA
 void rnn_cell_cuda(const CellArgs&, bool, cudaStream_t);
 void lstm_cell_cuda(const CellArgs&, bool, cudaStream_t);
@@ -96,6 +98,26 @@ PYBIND11_MODULE(_C, m) {
     if (B * H == 0) return;
     py::gil_scoped_release nogil;
     cell_step_cpu(a);
+  });
+  // One layer, one direction, fp32: the time loop of rnn/lstm/gru (kind as in cell_step). gi (T, B, G*H) holds the
+  // input gates with b_ih folded in; hs/cs (T, B, H) receive the states, ws (T, B, 4H) the activated gates.
+  cpu.def("rnn_sequence", [](int kind, int64_t T, int64_t B, int64_t H, uintptr_t gi, int64_t sgt, int64_t sgb,
+                             uintptr_t w_hh, uintptr_t b_hh, uintptr_t h0, uintptr_t c0, uintptr_t lengths,
+                             bool reverse, uintptr_t hs, uintptr_t cs, uintptr_t ws) {
+    if (T < 0 || B < 0 || H < 0) throw std::invalid_argument("rnn_sequence: negative size");
+    if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("rnn_sequence: wrong kind");
+    if (T * B * H > 0 && (!gi || !w_hh || !hs || (kind == kLstm && !cs)))
+      throw std::invalid_argument("rnn_sequence: missing pointer");
+    SeqArgs s;
+    s.kind = kind; s.T = T; s.B = B; s.H = H;
+    auto f = [](uintptr_t p) { return reinterpret_cast<const float*>(p); };
+    s.gi = f(gi); s.sgt = sgt; s.sgb = sgb; s.w_hh = f(w_hh); s.b_hh = f(b_hh); s.h0 = f(h0); s.c0 = f(c0);
+    s.lengths = reinterpret_cast<const int64_t*>(lengths);
+    s.reverse = reverse;
+    s.hs = reinterpret_cast<float*>(hs); s.cs = reinterpret_cast<float*>(cs); s.ws = reinterpret_cast<float*>(ws);
+    if (T * B * H == 0) return;
+    py::gil_scoped_release nogil;
+    rnn_sequence_cpu(s);
   });
 #ifdef _OPENMP
   m.attr("openmp") = true;

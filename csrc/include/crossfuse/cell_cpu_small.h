@@ -18,6 +18,13 @@ struct SmallCellArgs {
               *b_hh = nullptr;  // rows contiguous; x (B, I), hx/cx (B, H), w_ih (G*H, I), w_hh (G*H, H)
   float *hy = nullptr, *cy = nullptr;
   int64_t sx = 0, sh = 0, sc = 0, shy = 0, scy = 0;  // row strides
+  // Sequence use (crossfuse/rnn_cpu.h): input gates precomputed (B, G*H) with b_ih folded in (x, w_ih unused);
+  // `ws` (B, 4H) receives the activated gates (LSTM i f g o; GRU r z n hn) for the backward; rows b with
+  // `active[b] == 0` keep their state (hy = hx, cy = cx) and get zero gates.
+  const float* gi_pre = nullptr;
+  float* ws = nullptr;
+  const uint8_t* active = nullptr;
+  int64_t sgi = 0, sws = 0;
 };
 
 constexpr int kSmallMaxBatch = 16;
@@ -106,53 +113,79 @@ CF_AI void rows_dot(const float* w, int64_t R, const float* a, int64_t sa, int64
 #undef CF_AI
 }  // namespace small
 
-// Hidden units [j0, j1), in blocks of U: the gate pre-activations of a block land in gi/gh[gate][batch][unit],
-// then the gate math runs over the U units of a batch row as one (vectorisable) loop.
+// Hidden units [j0, j1), in blocks of U, batch rows in chunks of kSmallMaxBatch: the gate pre-activations of
+// a block land in gi/gh[gate][batch][unit], then the gate math runs over the U units of a row as one
+// (vectorisable) loop.
 template <int KIND>
 CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t j1) {
   constexpr int G = KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1);
   constexpr int U = kSmallUnits;
-  const int64_t B = a.B, H = a.H, I = a.I;
+  const int64_t H = a.H, I = a.I;
   float gi[G][kSmallMaxBatch][U], gh[G][kSmallMaxBatch][U];
   float bi[G][U], bh[G][U], hprev[U], cprev[U], h2[U], c2[U];
   for (int64_t u0 = j0; u0 < j1; u0 += U) {
     const int64_t n = std::min<int64_t>(U, j1 - u0);
-    for (int k = 0; k < G; ++k) {
-      const int64_t row = k * H + u0;
-      small::rows_dot(a.w_ih + row * I, n, a.x, a.sx, B, I, &gi[k][0][0], U);
-      if (a.hx) small::rows_dot(a.w_hh + row * H, n, a.hx, a.sh, B, H, &gh[k][0][0], U);
-      for (int u = 0; u < U; ++u) {
-        bi[k][u] = a.b_ih && u < n ? a.b_ih[row + u] : 0.f;
-        bh[k][u] = a.b_hh && u < n ? a.b_hh[row + u] : 0.f;
-      }
-    }
-    for (int64_t b = 0; b < B; ++b) {
-      for (int u = 0; u < U; ++u) {  // lanes past n are padding: computed on zeros, never stored
-        hprev[u] = a.hx && u < n ? a.hx[b * a.sh + u0 + u] : 0.f;
-        cprev[u] = a.cx && u < n ? a.cx[b * a.sc + u0 + u] : 0.f;
-        for (int k = 0; k < G; ++k) {
-          if (!a.hx || u >= n) gh[k][b][u] = 0.f;
-          if (u >= n) gi[k][b][u] = 0.f;
-        }
-      }
-      for (int u = 0; u < U; ++u) {
-        if (KIND == kLstm) {
-          float i = gi[0][b][u] + gh[0][b][u] + bi[0][u] + bh[0][u], f = gi[1][b][u] + gh[1][b][u] + bi[1][u] + bh[1][u],
-                g = gi[2][b][u] + gh[2][b][u] + bi[2][u] + bh[2][u], o = gi[3][b][u] + gh[3][b][u] + bi[3][u] + bh[3][u];
-          lstm_fwd(i, f, g, o, cprev[u], c2[u], h2[u]);
-        } else if (KIND == kGru) {
-          float r = gi[0][b][u] + gh[0][b][u] + bi[0][u] + bh[0][u], z = gi[1][b][u] + gh[1][b][u] + bi[1][u] + bh[1][u],
-                nn = gi[2][b][u] + bi[2][u];
-          h2[u] = gru_fwd(r, z, nn, gh[2][b][u] + bh[2][u], hprev[u]);
+    for (int64_t r0 = 0; r0 < a.B; r0 += kSmallMaxBatch) {
+      const int64_t B = std::min<int64_t>(kSmallMaxBatch, a.B - r0);
+      const float* hx = a.hx ? a.hx + r0 * a.sh : nullptr;
+      for (int k = 0; k < G; ++k) {
+        const int64_t row = k * H + u0;
+        if (a.gi_pre) {
+          for (int64_t b = 0; b < B; ++b)
+            for (int u = 0; u < U; ++u) gi[k][b][u] = u < n ? a.gi_pre[(r0 + b) * a.sgi + row + u] : 0.f;
         } else {
-          h2[u] = rnn_act(KIND, gi[0][b][u] + gh[0][b][u] + bi[0][u] + bh[0][u]);
+          small::rows_dot(a.w_ih + row * I, n, a.x + r0 * a.sx, a.sx, B, I, &gi[k][0][0], U);
+        }
+        if (hx) small::rows_dot(a.w_hh + row * H, n, hx, a.sh, B, H, &gh[k][0][0], U);
+        for (int u = 0; u < U; ++u) {
+          bi[k][u] = a.b_ih && u < n ? a.b_ih[row + u] : 0.f;
+          bh[k][u] = a.b_hh && u < n ? a.b_hh[row + u] : 0.f;
         }
       }
-      float* hy = a.hy + b * a.shy + u0;
-      for (int64_t u = 0; u < n; ++u) hy[u] = h2[u];
-      if (KIND == kLstm) {
-        float* cy = a.cy + b * a.scy + u0;
-        for (int64_t u = 0; u < n; ++u) cy[u] = c2[u];
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t rb = r0 + b;
+        for (int u = 0; u < U; ++u) {  // lanes past n are padding: computed on zeros, never stored
+          hprev[u] = a.hx && u < n ? a.hx[rb * a.sh + u0 + u] : 0.f;
+          cprev[u] = a.cx && u < n ? a.cx[rb * a.sc + u0 + u] : 0.f;
+          for (int k = 0; k < G; ++k) {
+            if (!a.hx || u >= n) gh[k][b][u] = 0.f;
+            if (u >= n) gi[k][b][u] = 0.f;
+          }
+        }
+        float* hy = a.hy + rb * a.shy + u0;
+        float* cy = KIND == kLstm ? a.cy + rb * a.scy + u0 : nullptr;
+        float* ws = a.ws ? a.ws + rb * a.sws + u0 : nullptr;
+        if (a.active && !a.active[rb]) {  // past this row's length: the state carries over unchanged
+          for (int64_t u = 0; u < n; ++u) hy[u] = hprev[u];
+          if (KIND == kLstm) for (int64_t u = 0; u < n; ++u) cy[u] = cprev[u];
+          if (ws) for (int k = 0; k < 4; ++k) for (int64_t u = 0; u < n; ++u) ws[k * H + u] = 0.f;
+          continue;
+        }
+        float g0[U], g1[U], g2[U], g3[U];
+        for (int u = 0; u < U; ++u) {
+          if (KIND == kLstm) {
+            g0[u] = gi[0][b][u] + gh[0][b][u] + bi[0][u] + bh[0][u];
+            g1[u] = gi[1][b][u] + gh[1][b][u] + bi[1][u] + bh[1][u];
+            g2[u] = gi[2][b][u] + gh[2][b][u] + bi[2][u] + bh[2][u];
+            g3[u] = gi[3][b][u] + gh[3][b][u] + bi[3][u] + bh[3][u];
+            lstm_fwd(g0[u], g1[u], g2[u], g3[u], cprev[u], c2[u], h2[u]);
+          } else if (KIND == kGru) {
+            g0[u] = gi[0][b][u] + gh[0][b][u] + bi[0][u] + bh[0][u];
+            g1[u] = gi[1][b][u] + gh[1][b][u] + bi[1][u] + bh[1][u];
+            g2[u] = gi[2][b][u] + bi[2][u];
+            g3[u] = gh[2][b][u] + bh[2][u];
+            h2[u] = gru_fwd(g0[u], g1[u], g2[u], g3[u], hprev[u]);
+          } else {
+            h2[u] = rnn_act(KIND, gi[0][b][u] + gh[0][b][u] + bi[0][u] + bh[0][u]);
+          }
+        }
+        for (int64_t u = 0; u < n; ++u) hy[u] = h2[u];
+        if (KIND == kLstm) for (int64_t u = 0; u < n; ++u) cy[u] = c2[u];
+        if (ws && (KIND == kLstm || KIND == kGru)) {
+          for (int64_t u = 0; u < n; ++u) {
+            ws[u] = g0[u]; ws[H + u] = g1[u]; ws[2 * H + u] = g2[u]; ws[3 * H + u] = g3[u];
+          }
+        }
       }
     }
   }
@@ -160,7 +193,7 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
 
 template <int KIND>
 void small_cell(const SmallCellArgs& a) {
-  const int64_t macs = a.B * a.H * (KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1)) * (a.I + a.H);
+  const int64_t macs = a.B * a.H * (KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1)) * ((a.gi_pre ? 0 : a.I) + a.H);
 #if defined(_OPENMP)
   const int64_t blocks = (a.H + kSmallUnits - 1) / kSmallUnits;
   if (macs >= kSmallParallelMacs && blocks >= 2) {

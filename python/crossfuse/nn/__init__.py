@@ -2,7 +2,8 @@
 from .cross_attention import BidirectionalCrossAttention, GatedCrossAttentionBlock, MultiheadCrossAttention
 from .gru_cell import GRUCell
 from .lstm_cell import LSTMCell
+from .rnn import GRU, LSTM, RNN
 from .rnn_cell import RNNCell
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "MultiheadCrossAttention", "GatedCrossAttentionBlock",
-           "BidirectionalCrossAttention"]
+           "BidirectionalCrossAttention", "RNN", "LSTM", "GRU"]

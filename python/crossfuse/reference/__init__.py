@@ -2,6 +2,7 @@
 from .cross_attention import cross_attention
 from .gru_cell import gru_cell
 from .lstm_cell import lstm_cell
+from .rnn import rnn_layer
 from .rnn_cell import rnn_cell
 
-__all__ = ["rnn_cell", "lstm_cell", "gru_cell", "cross_attention"]
+__all__ = ["rnn_cell", "lstm_cell", "gru_cell", "cross_attention", "rnn_layer"]

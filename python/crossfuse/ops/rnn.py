@@ -1,0 +1,216 @@
+"""rnn / lstm / gru: one recurrent layer in one direction over a whole sequence.
+
+The input projection of all steps is one torch GEMM. The recurrence: on the `cpu` backend (fp32) the time
+loop runs in C++ (csrc/cpu/rnn_sequence.cpp: per step the R.h GEMV tiles and the gate math in one pass,
+OpenMP over hidden units); on the other backends a step loop around torch's R.h GEMM and the fused cell kernel
+of that backend. Variable lengths are handled inside: a row stops updating at its length. The backward is a
+reverse-time loop over the fused cell backward kernels, then one large GEMM per weight gradient.
+"""
+from __future__ import annotations
+
+import torch
+
+from crossfuse import _backend
+from crossfuse.ops._cell import BACKENDS, GATES, KINDS, run_kernel
+
+OPS = ("rnn", "lstm", "gru")
+for _op in OPS:
+    _backend.register_op(_op, BACKENDS)
+
+
+def _op_of(kind):
+    return kind if kind in ("lstm", "gru") else "rnn"
+
+
+def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, need_ws):
+    """(hs (T, B, H) states, cs or None, ws or None): the state after every step; rows past their length hold."""
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    gi = torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H), b_ih folded in
+    new = _backend.empty
+    hs = new((T, B, H), dtype=x.dtype, device=x.device)
+    cs = new((T, B, H), dtype=x.dtype, device=x.device) if kind == "lstm" else None
+    ws = new((T, B, 4 * H), dtype=torch.float32, device=x.device) if need_ws and kind in ("lstm", "gru") else None
+    if T * B * H == 0:
+        return hs, cs, ws
+    if backend == "cpu" and x.dtype == torch.float32:
+        gi = gi.contiguous()
+        ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+        lens = None if lengths is None else lengths.to(torch.int64).contiguous()
+        _backend.ext.cpu.rnn_sequence(
+            KINDS[kind], T, B, H, gi.data_ptr(), gi.stride(0), gi.stride(1), w_hh.contiguous().data_ptr(),
+            ptr(None if b_hh is None else b_hh.contiguous()), ptr(None if h0 is None else h0.contiguous()),
+            ptr(None if c0 is None else c0.contiguous()), ptr(lens), reverse, hs.data_ptr(), ptr(cs), ptr(ws))
+        return hs, cs, ws
+    h, c = h0, c0
+    for t in (reversed(range(T)) if reverse else range(T)):
+        gh = torch.mm(h, w_hh.t()) if h is not None else None
+        if kind == "lstm" and c is None and h is not None:
+            c = torch.zeros_like(h)
+        run_kernel(kind, backend, False, B, H, x.dtype,
+                   {"gi": gi[t], "gh": gh, "bih": None, "bhh": b_hh, "hx": h, "cx": c, "hy": hs[t],
+                    "cy": None if cs is None else cs[t], "ws": None if ws is None else ws[t]})
+        if lengths is not None:
+            on = (t < lengths)[:, None]
+            hs[t] = torch.where(on, hs[t], h if h is not None else torch.zeros_like(hs[t]))
+            if cs is not None:
+                cs[t] = torch.where(on, cs[t], c if c is not None else torch.zeros_like(cs[t]))
+        h = hs[t]
+        c = None if cs is None else cs[t]
+    return hs, cs, ws
+
+
+def layer_backward(kind, backend, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs, ws, lengths, reverse, need):
+    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)."""
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    GH = GATES[kind] * H
+    dt = x.dtype
+    dgi = torch.zeros((T, B, GH), dtype=dt, device=x.device)
+    dgh = torch.zeros((T, B, GH), dtype=dt, device=x.device) if kind == "gru" else dgi
+    dh = dhT.to(dt) if dhT is not None else x.new_zeros(B, H)
+    dc = (dcT.to(dt) if dcT is not None else x.new_zeros(B, H)) if kind == "lstm" else None
+    zeros = x.new_zeros(B, H)
+    order = range(T) if reverse else reversed(range(T))
+    prev_of = (lambda t: t + 1) if reverse else (lambda t: t - 1)  # noqa: E731
+    first = T - 1 if reverse else 0
+    hprev_all = torch.empty_like(hs)
+    for t in order:
+        p = prev_of(t)
+        h_prev = hs[p] if t != first else (h0 if h0 is not None else zeros)
+        c_prev = (cs[p] if t != first else (c0 if c0 is not None else zeros)) if kind == "lstm" else None
+        hprev_all[t] = h_prev
+        on = None if lengths is None else (t < lengths)[:, None]
+        g = dout[t] if on is None else torch.where(on, dout[t], torch.zeros_like(dout[t]))
+        dh_t = dh + g
+        dhx_direct = torch.empty((B, H), dtype=dt, device=x.device) if kind == "gru" else None
+        dcx = torch.empty((B, H), dtype=dt, device=x.device) if kind == "lstm" else None
+        run_kernel(kind, backend, True, B, H, dt,
+                   {"dhy": dh_t, "dcy": dc, "hx": h_prev, "cx": c_prev, "hy": hs[t],
+                    "ws": None if ws is None else ws[t], "dgi": dgi[t], "dgh": dgh[t] if kind == "gru" else None,
+                    "dhx": dhx_direct, "dcx": dcx})
+        if on is not None:
+            dgi[t] = torch.where(on, dgi[t], torch.zeros_like(dgi[t]))
+            if kind == "gru":
+                dgh[t] = torch.where(on, dgh[t], torch.zeros_like(dgh[t]))
+        dh_new = torch.mm(dgh[t], w_hh)
+        if dhx_direct is not None:
+            dh_new = dh_new + dhx_direct
+        if on is not None:  # rows past their length pass the gradient through unchanged
+            dh_new = torch.where(on, dh_new, dh_t)
+            if dc is not None:
+                dcx = torch.where(on, dcx, dc)
+        dh, dc = dh_new, dcx
+    flat = lambda t: t.reshape(T * B, -1)  # noqa: E731
+    dx = torch.mm(flat(dgi), w_ih).view(T, B, -1) if need[0] else None
+    dw_ih = torch.mm(flat(dgi).t(), flat(x)) if need[3] else None
+    dw_hh = torch.mm(flat(dgh).t(), flat(hprev_all)) if need[4] else None
+    db_ih = dgi.sum((0, 1)) if need[5] else None
+    db_hh = dgh.sum((0, 1)) if need[6] else None
+    return dx, dh if need[1] else None, dc if need[2] else None, dw_ih, dw_hh, db_ih, db_hh
+
+
+def _outputs(hs, cs, lengths, reverse):
+    T = hs.shape[0]
+    out = hs
+    if lengths is not None:
+        on = torch.arange(T, device=hs.device)[:, None] < lengths[None, :]
+        out = torch.where(on[..., None], hs, torch.zeros_like(hs))
+    last = 0 if reverse else T - 1
+    return out, hs[last], None if cs is None else cs[last]
+
+
+class _LayerFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, kind, backend, lengths, reverse, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        hs, cs, ws = layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, True)
+        ctx.args = (kind, backend, lengths, reverse)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, hs, cs, ws)
+        out, hT, cT = _outputs(hs, cs, lengths, reverse)
+        return out, hT.clone(), None if cT is None else cT.clone()
+
+    @staticmethod
+    def backward(ctx, dout, dhT, dcT):
+        kind, backend, lengths, reverse = ctx.args
+        x, h0, c0, w_ih, w_hh, hs, cs, ws = ctx.saved_tensors
+        grads = layer_backward(kind, backend, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs, ws, lengths, reverse,
+                               ctx.needs_input_grad[4:11])
+        return (None, None, None, None) + grads
+
+
+def _check(op, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: expected input to be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _backend.DTYPE_CODES:
+        raise TypeError(f"{op}: expected input of dtype float32, float16 or bfloat16, got {x.dtype}")
+    if x.dim() != 3:
+        raise ValueError(f"{op}: expected input of shape (seq_len, batch, input_size), got {tuple(x.shape)}")
+    T, B, I = x.shape
+    if not isinstance(w_hh, torch.Tensor) or w_hh.dim() != 2:
+        raise ValueError(f"{op}: expected w_hh to be a 2-D tensor (gates*hidden_size, hidden_size)")
+    H = w_hh.shape[1]
+    GH = GATES[kind] * H
+    for name, t, shape in (("w_ih", w_ih, (GH, I)), ("w_hh", w_hh, (GH, H)), ("b_ih", b_ih, (GH,)),
+                           ("b_hh", b_hh, (GH,)), ("h0", h0, (B, H)), ("c0", c0, (B, H))):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: expected {name} to be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{op}: expected {name} to have dtype {x.dtype} (the dtype of input), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: expected {name} on device {x.device} (the device of input), got {t.device}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{op}: expected {name} of shape {shape}, got {tuple(t.shape)}")
+    if lengths is not None:
+        if not isinstance(lengths, torch.Tensor) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+            raise TypeError(f"{op}: expected lengths to be an integer tensor, got "
+                            f"{lengths.dtype if isinstance(lengths, torch.Tensor) else type(lengths).__name__}")
+        if tuple(lengths.shape) != (B,):
+            raise ValueError(f"{op}: expected lengths of shape {(B,)}, got {tuple(lengths.shape)}")
+        if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+            raise ValueError(f"{op}: expected lengths in [0, {T}], got {lengths.min().item()}..{lengths.max().item()}")
+        return lengths.to(device=x.device, dtype=torch.int64)
+    return None
+
+
+def layer(kind, input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, backend=None):
+    op = _op_of(kind)
+    lengths = _check(op, kind, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    chosen = _backend.choose(op, input.device, backend)
+    if chosen == "reference":
+        from crossfuse.reference.rnn import rnn_layer
+        return rnn_layer(kind, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (input, h0, c0, w_ih, w_hh, b_ih, b_hh))
+    if grad:
+        return _LayerFunction.apply(kind, chosen, lengths, reverse, input, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    hs, cs, _ = layer_forward(kind, chosen, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, False)
+    return _outputs(hs, cs, lengths, reverse)
+
+
+def lstm(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, backend=None):
+    """One LSTM layer, one direction: input (T, B, I), hx (h0, c0) of (B, H) or None. Returns (out (T, B, H),
+    (h_n, c_n)). lengths (B,): rows stop at their length (out 0 after it); reverse=True runs each row from its
+    own last step back."""
+    h0, c0 = (None, None) if hx is None else hx
+    out, h, c = layer("lstm", input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse,
+                      backend=backend)
+    return out, (h, c)
+
+
+def gru(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, backend=None):
+    """One GRU layer, one direction (see lstm). Returns (out, h_n)."""
+    out, h, _ = layer("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse,
+                      backend=backend)
+    return out, h
+
+
+def rnn(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", lengths=None, reverse=False,
+        backend=None):
+    """One Elman RNN layer (tanh, relu or sigmoid), one direction (see lstm). Returns (out, h_n)."""
+    if nonlinearity not in ("tanh", "relu", "sigmoid"):
+        raise ValueError(f"rnn: expected nonlinearity in ('tanh', 'relu', 'sigmoid'), got {nonlinearity!r}")
+    out, h, _ = layer("rnn_" + nonlinearity, input, hx, None, w_ih, w_hh, b_ih, b_hh, lengths=lengths,
+                      reverse=reverse, backend=backend)
+    return out, h

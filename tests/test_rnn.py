@@ -1,0 +1,185 @@
+"""Whole-sequence layers: crossfuse.ops.rnn / lstm / gru against the float64 reference (outputs, final states
+and every gradient under the tolerance rule), and crossfuse.nn.RNN / LSTM / GRU against torch.nn with
+transplanted weights: layers, directions, batch_first, PackedSequence, lengths=, dropout, bad input."""
+import importlib
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import crossfuse
+from crossfuse.reference.rnn import rnn_layer
+from harness import assert_within_rule, backend_cases, leaf_like
+
+layer = importlib.import_module("crossfuse.ops.rnn").layer
+KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "rnn_sigmoid")
+GATES = {"lstm": 4, "gru": 3}
+# (T, B, I, H, lengths, reverse, with_state)
+SHAPES = [(1, 1, 1, 1, None, False, True), (7, 5, 13, 37, (7, 3, 0, 5, 1), False, True),
+          (6, 4, 8, 19, (2, 6, 1, 6), True, False), (5, 3, 6, 9, None, True, True)]
+
+
+def _inputs(kind, T, B, I, H, with_state, dtype, device):
+    G = GATES.get(kind, 1)
+    r = lambda *s, k=1.0: (torch.randn(*s, device=device) * k).to(dtype)  # noqa: E731
+    s = H ** -0.5
+    t = {"x": r(T, B, I), "w_ih": r(G * H, I, k=s), "w_hh": r(G * H, H, k=s), "b_ih": r(G * H, k=s),
+         "b_hh": r(G * H, k=s), "h0": r(B, H) if with_state else None,
+         "c0": r(B, H) if with_state and kind == "lstm" else None}
+    return t
+
+
+def _run(impl, kind, t, lengths, reverse, cot, **kw):
+    names = [k for k, v in t.items() if v is not None]
+    leaves = {k: leaf_like(t[k]) for k in names}
+    a = {k: leaves.get(k) for k in t}
+    if impl == "reference":
+        out, h, c = rnn_layer(kind, a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], lengths,
+                              reverse)
+    else:
+        out, h, c = layer(kind, a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+                          lengths=lengths, reverse=reverse, **kw)
+    outs = [out, h] + ([c] if c is not None else [])
+    loss = sum((o.double() * w).sum() for o, w in zip(outs, cot))
+    grads = torch.autograd.grad(loss, [leaves[k] for k in names])
+    return outs, dict(zip(names, grads))
+
+
+@pytest.mark.parametrize("T,B,I,H,lengths,reverse,with_state", SHAPES)
+@pytest.mark.parametrize("backend,device,dtype", backend_cases(backends=("reference", "cpu", "triton")))
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_against_reference(kind, backend, device, dtype, T, B, I, H, lengths, reverse, with_state):
+    t = _inputs(kind, T, B, I, H, with_state, dtype, device)
+    lens = None if lengths is None else torch.tensor(lengths, device=device)
+    n_out = 3 if kind == "lstm" else 2
+    cot = [torch.randn(T, B, H, dtype=torch.float64, device=device)] + \
+          [torch.randn(B, H, dtype=torch.float64, device=device) for _ in range(n_out - 1)]
+    t64 = {k: None if v is None else v.double() for k, v in t.items()}
+    ref_out, ref_g = _run("reference", kind, t64, lens, reverse, cot)
+    low_out, low_g = _run("reference", kind, t, lens, reverse, cot)
+    out, g = _run("crossfuse", kind, t, lens, reverse, cot, backend=backend)
+    for i, name in enumerate(("out", "h_n", "c_n")[:n_out]):
+        assert_within_rule(name, out[i], low_out[i], ref_out[i], dtype)
+    for name in ref_g:
+        assert_within_rule("d" + name, g[name], low_g[name], ref_g[name], dtype)
+    with torch.no_grad():  # the no-grad path (no workspace) gives the same values
+        fast = layer(kind, t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], lengths=lens,
+                     reverse=reverse, backend=backend)
+    for i, name in enumerate(("out", "h_n", "c_n")[:n_out]):
+        assert_within_rule("no-grad " + name, fast[i], low_out[i], ref_out[i], dtype)
+
+
+def _flatten(res):
+    out, state = res
+    states = list(state) if isinstance(state, tuple) else [state]
+    return [out.data if hasattr(out, "batch_sizes") else out] + states
+
+
+@pytest.mark.parametrize("cls,kw", [("LSTM", {}), ("GRU", {}), ("RNN", {"nonlinearity": "relu"}),
+                                    ("RNN", {"nonlinearity": "tanh"})])
+@pytest.mark.parametrize("num_layers,bidirectional,batch_first,with_state",
+                         [(1, False, False, False), (2, True, True, True), (3, True, False, True)])
+def test_module_matches_torch_nn(cls, kw, num_layers, bidirectional, batch_first, with_state):
+    theirs = getattr(torch.nn, cls)(13, 37, num_layers=num_layers, bidirectional=bidirectional,
+                                    batch_first=batch_first, **kw)
+    ours = getattr(crossfuse.nn, cls)(13, 37, num_layers=num_layers, bidirectional=bidirectional,
+                                      batch_first=batch_first, **kw)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    T, B, D = 6, 5, 2 if bidirectional else 1
+    x = torch.randn((B, T, 13) if batch_first else (T, B, 13))
+    hx = None
+    if with_state:
+        h0 = torch.randn(num_layers * D, B, 37)
+        hx = (h0, torch.randn_like(h0)) if cls == "LSTM" else h0
+    theirs64 = getattr(torch.nn, cls)(13, 37, num_layers=num_layers, bidirectional=bidirectional,
+                                      batch_first=batch_first, **kw).double()
+    theirs64.load_state_dict(theirs.state_dict())
+
+    def run(model, dtype):
+        xs = leaf_like(x.to(dtype))
+        hs = None if hx is None else tuple(leaf_like(h.to(dtype)) for h in (hx if isinstance(hx, tuple) else (hx,)))
+        outs = _flatten(model(xs, None if hs is None else (hs if cls == "LSTM" else hs[0])))
+        loss = sum((o.double() * torch.ones_like(o.double()).mul_(0.5 + i)).sum() for i, o in enumerate(outs))
+        leaves = [xs] + list(hs or ()) + list(model.parameters())
+        return outs, torch.autograd.grad(loss, leaves)
+
+    ref_out, ref_g = run(theirs64, torch.float64)
+    low_out, low_g = run(theirs, torch.float32)
+    out, g = run(ours, torch.float32)
+    for i, (a, lo, r) in enumerate(zip(out, low_out, ref_out)):
+        assert_within_rule(f"output {i}", a, lo, r, torch.float32)
+    for i, (a, lo, r) in enumerate(zip(g, low_g, ref_g)):
+        assert_within_rule(f"grad {i}", a, lo, r, torch.float32)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_packed_unsorted_and_lengths_match_each_sequence_alone(cls):
+    torch.manual_seed(1)
+    m = getattr(crossfuse.nn, cls)(4, 6, num_layers=2, bidirectional=True)
+    T, B = 7, 5
+    lengths = torch.tensor([3, 7, 1, 5, 2])
+    x = torch.randn(T, B, 4)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out_p, st_p = m(packed)
+    out_l, st_l = m(x, lengths=lengths)
+    theirs = getattr(torch.nn, cls)(4, 6, num_layers=2, bidirectional=True)
+    theirs.load_state_dict(m.state_dict())
+    want_p, want_st = theirs(packed)
+    torch.testing.assert_close(out_p.data, want_p.data)
+    assert torch.equal(out_p.sorted_indices, want_p.sorted_indices)
+    for b in range(B):
+        n = int(lengths[b])
+        alone, st_alone = m(x[:n, b:b + 1])
+        torch.testing.assert_close(out_l[:n, b], alone[:, 0], atol=1e-6, rtol=1e-5)
+        assert (out_l[n:, b] == 0).all()
+        for a, s in zip(st_l if isinstance(st_l, tuple) else (st_l,), st_alone if isinstance(st_alone, tuple)
+                        else (st_alone,)):
+            torch.testing.assert_close(a[:, b], s[:, 0], atol=1e-6, rtol=1e-5)
+    for a, s in zip(st_p if isinstance(st_p, tuple) else (st_p,), st_l if isinstance(st_l, tuple) else (st_l,)):
+        torch.testing.assert_close(a, s)
+
+
+def test_unbatched_zero_batch_and_single_step():
+    m = crossfuse.nn.LSTM(3, 4, num_layers=2)
+    theirs = torch.nn.LSTM(3, 4, num_layers=2)
+    theirs.load_state_dict(m.state_dict())
+    x = torch.randn(5, 3)
+    for a, b in zip(_flatten(m(x)), _flatten(theirs(x))):  # unbatched (T, I)
+        torch.testing.assert_close(a, b)
+    out, (h, c) = m(torch.randn(4, 0, 3))
+    assert out.shape == (4, 0, 4) and h.shape == (2, 0, 4)
+    out, (h, c) = m(torch.randn(1, 1, 3))
+    torch.testing.assert_close(out[0], h[-1])
+
+
+def test_dropout_between_layers():
+    m = crossfuse.nn.GRU(8, 64, num_layers=2, dropout=0.5)
+    x = torch.randn(3, 2, 8)
+    m.eval()
+    torch.testing.assert_close(m(x)[0], m(x)[0])
+    with torch.no_grad():  # the kept fraction of the first layer's output, through the dropout the module applies
+        y = torch.nn.functional.dropout(torch.ones(200000), m.dropout, True)
+    assert abs((y > 0).float().mean().item() - 0.5) < 0.01
+    m.train()
+    assert not torch.equal(m(x)[0], m(x)[0])
+
+
+def test_bad_input_names_the_argument():
+    x = torch.randn(4, 2, 3)
+    w_ih, w_hh = torch.randn(20, 3), torch.randn(20, 5)
+    with pytest.raises(TypeError, match="w_hh to have dtype"):
+        crossfuse.ops.lstm(x, None, w_ih, w_hh.double())
+    with pytest.raises(ValueError, match=r"w_ih of shape \(20, 3\)"):
+        crossfuse.ops.lstm(x, None, torch.randn(20, 4), w_hh)
+    with pytest.raises(ValueError, match=r"input of shape \(seq_len, batch, input_size\)"):
+        crossfuse.ops.lstm(x[0], None, w_ih, w_hh)
+    with pytest.raises(ValueError, match="lengths in"):
+        crossfuse.ops.lstm(x, None, w_ih, w_hh, lengths=torch.tensor([5, 1]))
+    with pytest.raises(TypeError, match="lengths to be an integer tensor"):
+        crossfuse.ops.lstm(x, None, w_ih, w_hh, lengths=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="Expected hx"):
+        crossfuse.nn.GRU(3, 5)(x, torch.randn(2, 2, 5))
+    with pytest.raises(ValueError, match="nonlinearity"):
+        crossfuse.nn.RNN(3, 5, nonlinearity="gelu")
