@@ -70,3 +70,18 @@ def test_compiled_cross_attention_matches_eager():
     g_ref = torch.autograd.grad(ref.sum(), list(model.parameters()))
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b)
+
+
+def test_compiled_lstm_matches_eager():
+    torch._dynamo.reset()
+    model = crossfuse.nn.LSTM(5, 7, num_layers=2, bidirectional=True)
+    x, lengths = torch.randn(4, 3, 5), torch.tensor([4, 1, 3])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out, (h, c) = compiled(x, lengths=lengths)
+    ref, (h_ref, c_ref) = model(x, lengths=lengths)
+    for a, b in ((out, ref), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(a, b)
+    g = torch.autograd.grad(out.sum() + h.sum() + c.sum(), list(model.parameters()))
+    g_ref = torch.autograd.grad(ref.sum() + h_ref.sum() + c_ref.sum(), list(model.parameters()))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b)

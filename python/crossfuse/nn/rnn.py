@@ -5,19 +5,83 @@ and unbatched input, PackedSequence in and out (enforce_sorted=False too). Beyon
 forward(..., lengths=...) on padded input (outputs past each length are 0, the final state is the one at each
 sequence's length: no packing needed), and RNN(nonlinearity='sigmoid').
 """
+import warnings
+
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from crossfuse.ops.rnn import layer
 
 
-class _Layers:
-    """The forward shared by the three modules; `_kind` names the cell."""
+class _Layers(torch.nn.Module):
+    """torch.nn.RNNBase's parameters (names, shapes, order, init) and attributes, and the shared forward.
 
-    def _check_args(self, proj_size=0):
-        if proj_size:
-            raise ValueError(f"{type(self).__name__}: proj_size > 0 is not supported by crossfuse yet "
-                             f"(got {proj_size}); use torch.nn.LSTM for projected LSTMs")
+    Not a subclass of torch.nn.RNNBase on purpose: torch.compile refuses to trace those ("Attempted to wrap RNN,
+    GRU, or LSTM") unless a global dynamo flag is flipped; this module compiles as it is."""
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, device=None, dtype=None, *, backend=None):
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(f"{name}: dropout should be a number in range [0, 1] representing the probability of "
+                             f"an element being zeroed, got {dropout!r}")
+        for arg, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if arg == "input_size" else 1):
+                raise ValueError(f"{name}: {arg} must be a positive integer, got {v!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(f"dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size, self.backend = bidirectional, 0, backend
+        fk = dict(device=device, dtype=dtype)
+        G = self._gates
+        self._flat_weights_names = []
+        for li in range(num_layers):
+            for d in range(2 if bidirectional else 1):
+                sfx = f"_l{li}" + ("_reverse" if d else "")
+                in_size = input_size if li == 0 else hidden_size * (2 if bidirectional else 1)
+                params = [("weight_ih", (G * hidden_size, in_size)), ("weight_hh", (G * hidden_size, hidden_size))]
+                if bias:
+                    params += [("bias_ih", (G * hidden_size,)), ("bias_hh", (G * hidden_size,))]
+                for pname, shape in params:
+                    self.register_parameter(pname + sfx, torch.nn.Parameter(torch.empty(shape, **fk)))
+                    self._flat_weights_names.append(pname + sfx)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        stdv = 1.0 / self.hidden_size ** 0.5 if self.hidden_size > 0 else 0
+        for w in self.parameters():
+            torch.nn.init.uniform_(w, -stdv, stdv)
+
+    def flatten_parameters(self):
+        """A no-op kept for torch.nn compatibility (there is no cuDNN weight buffer to compact)."""
+
+    @property
+    def _flat_weights(self):
+        return [self._parameters[n] for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self):
+        per = 4 if self.bias else 2
+        w = self._flat_weights
+        return [w[i:i + per] for i in range(0, len(w), per)]
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return s
 
     def _weights(self, layer_idx, direction):
         sfx = f"_l{layer_idx}" + ("_reverse" if direction else "")
@@ -83,37 +147,41 @@ class _Layers:
         return output, ((h_n, c_n) if lstm else h_n)
 
 
-class LSTM(_Layers, torch.nn.LSTM):
-    """Drop-in torch.nn.LSTM (proj_size not yet supported); forward(input, hx=None, lengths=None)."""
+class LSTM(_Layers):
+    """Drop-in torch.nn.LSTM (proj_size not supported yet); forward(input, hx=None, lengths=None)."""
     _kind = "lstm"
+    _gates = 4
 
-    def __init__(self, *args, backend=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._check_args(self.proj_size)
-        self.backend = backend
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, device=None, dtype=None, *, backend=None):
+        if proj_size:
+            raise ValueError(f"LSTM: proj_size > 0 is not supported by crossfuse yet (got {proj_size}); "
+                             f"use torch.nn.LSTM for projected LSTMs")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device,
+                         dtype, backend=backend)
 
 
-class GRU(_Layers, torch.nn.GRU):
+class GRU(_Layers):
     """Drop-in torch.nn.GRU; forward(input, hx=None, lengths=None)."""
     _kind = "gru"
-
-    def __init__(self, *args, backend=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
+    _gates = 3
 
 
-class RNN(_Layers, torch.nn.RNN):
+class RNN(_Layers):
     """Drop-in torch.nn.RNN, also with nonlinearity='sigmoid'; forward(input, hx=None, lengths=None)."""
 
-    def __init__(self, *args, nonlinearity="tanh", backend=None, **kwargs):
-        if len(args) > 3:  # torch.nn.RNN(input_size, hidden_size, num_layers, nonlinearity, ...)
-            nonlinearity, args = args[3], args[:3] + args[4:]
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None):
         if nonlinearity not in ("tanh", "relu", "sigmoid"):
             raise ValueError(f"RNN: expected nonlinearity in ('tanh', 'relu', 'sigmoid'), got {nonlinearity!r}")
-        super().__init__(*args, nonlinearity="tanh" if nonlinearity == "sigmoid" else nonlinearity, **kwargs)
         self.nonlinearity = nonlinearity
-        self.backend = backend
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device,
+                         dtype, backend=backend)
 
     @property
     def _kind(self):
         return "rnn_" + self.nonlinearity
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s if self.nonlinearity == "tanh" else s + f", nonlinearity={self.nonlinearity!r}"

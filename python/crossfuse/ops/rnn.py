@@ -138,6 +138,75 @@ class _LayerFunction(torch.autograd.Function):
         return (None, None, None, None) + grads
 
 
+# ---- torch.library custom ops (what torch.compile traces) -------------------------------------------------
+def _empty0(x):
+    return x.new_empty(0)
+
+
+@torch.library.custom_op("crossfuse::rnn_layer", mutates_args=())
+def _layer_op(kind: str, backend: str, reverse: bool, lengths: torch.Tensor | None, x: torch.Tensor,
+              h0: torch.Tensor | None, c0: torch.Tensor | None, w_ih: torch.Tensor, w_hh: torch.Tensor,
+              b_ih: torch.Tensor | None, b_hh: torch.Tensor | None) -> list[torch.Tensor]:
+    backend = backend or _backend.choose(_op_of(kind), x.device)
+    hs, cs, ws = layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, True)
+    out, hT, cT = _outputs(hs, cs, lengths, reverse)
+    # outputs of a custom op must not alias one another
+    return [out.clone() if lengths is None else out, hT.clone(), _empty0(x) if cT is None else cT.clone(), hs,
+            _empty0(x) if cs is None else cs, _empty0(x) if ws is None else ws]
+
+
+@_layer_op.register_fake
+def _(kind, backend, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    lstm, gated = kind == "lstm", kind in ("lstm", "gru")
+    return [x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty((B, H) if lstm else (0,)), x.new_empty(T, B, H),
+            x.new_empty((T, B, H) if lstm else (0,)),
+            x.new_empty((T, B, 4 * H) if gated else (0,), dtype=torch.float32 if gated else x.dtype)]
+
+
+@torch.library.custom_op("crossfuse::rnn_layer_backward", mutates_args=())
+def _layer_backward_op(kind: str, backend: str, reverse: bool, lengths: torch.Tensor | None, dout: torch.Tensor,
+                       dhT: torch.Tensor, dcT: torch.Tensor | None, x: torch.Tensor, h0: torch.Tensor | None,
+                       c0: torch.Tensor | None, w_ih: torch.Tensor, w_hh: torch.Tensor, hs: torch.Tensor,
+                       cs: torch.Tensor | None, ws: torch.Tensor | None, has_b_ih: bool, has_b_hh: bool
+                       ) -> list[torch.Tensor]:
+    backend = backend or _backend.choose(_op_of(kind), x.device)
+    need = (True, h0 is not None, c0 is not None, True, True, has_b_ih, has_b_hh)
+    grads = layer_backward(kind, backend, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs, ws, lengths, reverse, need)
+    return [g if g is not None else _empty0(x) for g in grads]
+
+
+@_layer_backward_op.register_fake
+def _(kind, backend, reverse, lengths, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs, ws, has_b_ih, has_b_hh):
+    GH = w_hh.shape[0]
+    shapes = [x.shape, h0.shape if h0 is not None else (0,), c0.shape if c0 is not None else (0,), w_ih.shape,
+              w_hh.shape, (GH,) if has_b_ih else (0,), (GH,) if has_b_hh else (0,)]
+    return [x.new_empty(s) for s in shapes]
+
+
+def _setup_context(ctx, inputs, output):
+    kind, backend, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b_hh = inputs
+    _, _, _, hs, cs, ws = output
+    ctx.args = (kind, backend, reverse)
+    ctx.has = (h0 is not None, c0 is not None, b_ih is not None, b_hh is not None)
+    ctx.save_for_backward(lengths, x, h0, c0, w_ih, w_hh, hs, cs, ws)
+
+
+def _layer_op_backward(ctx, grads):
+    dout, dhT, dcT = grads[:3]
+    kind, backend, reverse = ctx.args
+    lengths, x, h0, c0, w_ih, w_hh, hs, cs, ws = ctx.saved_tensors
+    lstm, gated = kind == "lstm", kind in ("lstm", "gru")
+    g = _layer_backward_op(kind, backend, reverse, lengths, dout, dhT, dcT if lstm else None, x, h0, c0, w_ih, w_hh,
+                           hs, cs if lstm else None, ws if gated else None, ctx.has[2], ctx.has[3])
+    return (None, None, None, None, g[0], g[1] if ctx.has[0] else None, g[2] if ctx.has[1] else None, g[3], g[4],
+            g[5] if ctx.has[2] else None, g[6] if ctx.has[3] else None)
+
+
+_layer_op.register_autograd(_layer_op_backward, setup_context=_setup_context)
+
+
 def _check(op, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: expected input to be a torch.Tensor, got {type(x).__name__}")
@@ -168,7 +237,7 @@ def _check(op, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
                             f"{lengths.dtype if isinstance(lengths, torch.Tensor) else type(lengths).__name__}")
         if tuple(lengths.shape) != (B,):
             raise ValueError(f"{op}: expected lengths of shape {(B,)}, got {tuple(lengths.shape)}")
-        if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+        if lengths.numel() and not torch.compiler.is_compiling() and (int(lengths.min()) < 0 or int(lengths.max()) > T):
             raise ValueError(f"{op}: expected lengths in [0, {T}], got {lengths.min().item()}..{lengths.max().item()}")
         return lengths.to(device=x.device, dtype=torch.int64)
     return None
@@ -177,6 +246,12 @@ def _check(op, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
 def layer(kind, input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, backend=None):
     op = _op_of(kind)
     lengths = _check(op, kind, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    if torch.compiler.is_compiling():
+        if backend == "reference":
+            from crossfuse.reference.rnn import rnn_layer
+            return rnn_layer(kind, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+        out, hT, cT = _layer_op(kind, backend or "", reverse, lengths, input, h0, c0, w_ih, w_hh, b_ih, b_hh)[:3]
+        return out, hT, cT if kind == "lstm" else None
     chosen = _backend.choose(op, input.device, backend)
     if chosen == "reference":
         from crossfuse.reference.rnn import rnn_layer
