@@ -183,3 +183,65 @@ def test_bad_input_names_the_argument():
         crossfuse.nn.GRU(3, 5)(x, torch.randn(2, 2, 5))
     with pytest.raises(ValueError, match="nonlinearity"):
         crossfuse.nn.RNN(3, 5, nonlinearity="gelu")
+
+
+@pytest.mark.parametrize("bidirectional,with_state", [(False, True), (True, False)])
+def test_lstm_proj_size_matches_torch_nn(bidirectional, with_state):
+    theirs = torch.nn.LSTM(6, 9, num_layers=2, proj_size=4, bidirectional=bidirectional)
+    ours = crossfuse.nn.LSTM(6, 9, num_layers=2, proj_size=4, bidirectional=bidirectional)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    theirs64 = torch.nn.LSTM(6, 9, num_layers=2, proj_size=4, bidirectional=bidirectional).double()
+    theirs64.load_state_dict(theirs.state_dict())
+    D = 2 if bidirectional else 1
+    x = torch.randn(5, 3, 6)
+    hx = (torch.randn(2 * D, 3, 4), torch.randn(2 * D, 3, 9)) if with_state else None
+
+    def run(model, dtype):
+        xs = leaf_like(x.to(dtype))
+        hs = None if hx is None else tuple(leaf_like(h.to(dtype)) for h in hx)
+        out, (h, c) = model(xs, hs)
+        loss = (out.double() * 0.5).sum() + (h.double() * 1.5).sum() + (c.double() * 2.5).sum()
+        return [out, h, c], torch.autograd.grad(loss, [xs] + list(hs or ()) + list(model.parameters()))
+
+    ref_out, ref_g = run(theirs64, torch.float64)
+    low_out, low_g = run(theirs, torch.float32)
+    out, g = run(ours, torch.float32)
+    for i, (a, lo, r) in enumerate(zip(out + list(g), low_out + list(low_g), ref_out + list(ref_g))):
+        assert_within_rule(f"value {i}", a, lo, r, torch.float32)
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_cases(backends=("reference", "cpu", "triton")))
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
+def test_layer_norm_variants_against_their_reference(cls, backend, device, dtype):
+    torch.manual_seed(2)
+    m = getattr(crossfuse.nn, cls)(6, 9, num_layers=2, bidirectional=True, backend=backend, device=device,
+                                   dtype=dtype)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.startswith("ln_"):  # move the gains and shifts off their initial 1 and 0
+                p.add_(torch.randn_like(p) * 0.3)
+    ref = {}
+    for key, dt in (("64", torch.float64), ("low", dtype)):
+        r = getattr(crossfuse.nn, cls)(6, 9, num_layers=2, bidirectional=True, backend="reference", device=device,
+                                       dtype=dt)
+        r.load_state_dict(m.state_dict())
+        ref[key] = r
+    x = torch.randn(5, 3, 6, device=device)
+    lengths = torch.tensor([5, 2, 4], device=device)
+    h0 = torch.randn(4, 3, 9, device=device)
+    hx = (h0, torch.randn_like(h0)) if cls == "LayerNormLSTM" else h0
+
+    def run(model, dt):
+        xs = leaf_like(x.to(dt))
+        hs = tuple(leaf_like(h.to(dt)) for h in (hx if isinstance(hx, tuple) else (hx,)))
+        out, st = model(xs, hs if isinstance(hx, tuple) else hs[0], lengths=lengths)
+        vals = [out] + (list(st) if isinstance(st, tuple) else [st])
+        loss = sum((v.double() * (0.5 + i)).sum() for i, v in enumerate(vals))
+        return vals, torch.autograd.grad(loss, [xs, *hs] + list(model.parameters()))
+
+    ref_v, ref_g = run(ref["64"], torch.float64)
+    low_v, low_g = run(ref["low"], dtype)
+    v, g = run(m, dtype)
+    for i, (a, lo, r) in enumerate(zip(v + list(g), low_v + list(low_g), ref_v + list(ref_g))):
+        assert_within_rule(f"value {i}", a, lo, r, dtype)

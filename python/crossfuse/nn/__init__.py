@@ -2,8 +2,9 @@
 from .cross_attention import BidirectionalCrossAttention, GatedCrossAttentionBlock, MultiheadCrossAttention
 from .gru_cell import GRUCell
 from .lstm_cell import LSTMCell
-from .rnn import GRU, LSTM, RNN
+from .rnn import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
 from .rnn_cell import RNNCell
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "MultiheadCrossAttention", "GatedCrossAttentionBlock",
-           "BidirectionalCrossAttention", "RNN", "LSTM", "GRU"]
+           "BidirectionalCrossAttention", "RNN", "LSTM", "GRU", "LayerNormLSTM",
+           "LayerNormGRU"]

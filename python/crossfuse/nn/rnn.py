@@ -10,7 +10,7 @@ import warnings
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from crossfuse.ops.rnn import layer
+from crossfuse.ops.rnn import layer, step_layer
 
 
 class _Layers(torch.nn.Module):
@@ -21,7 +21,7 @@ class _Layers(torch.nn.Module):
     _gates = 1
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, device=None, dtype=None, *, backend=None):
+                 bidirectional=False, device=None, dtype=None, *, proj_size=0, backend=None):
         super().__init__()
         name = type(self).__name__
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
@@ -35,26 +35,39 @@ class _Layers(torch.nn.Module):
                           f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size, self.backend = bidirectional, 0, backend
+        if proj_size < 0 or (proj_size and proj_size >= hidden_size):
+            raise ValueError(f"{name}: proj_size has to be a non-negative integer smaller than hidden_size, got "
+                             f"{proj_size}")
+        self.bidirectional, self.proj_size, self.backend = bidirectional, proj_size, backend
         fk = dict(device=device, dtype=dtype)
-        G = self._gates
+        G, H = self._gates, hidden_size
+        out_size = proj_size or H
         self._flat_weights_names = []
         for li in range(num_layers):
             for d in range(2 if bidirectional else 1):
                 sfx = f"_l{li}" + ("_reverse" if d else "")
-                in_size = input_size if li == 0 else hidden_size * (2 if bidirectional else 1)
-                params = [("weight_ih", (G * hidden_size, in_size)), ("weight_hh", (G * hidden_size, hidden_size))]
+                in_size = input_size if li == 0 else out_size * (2 if bidirectional else 1)
+                params = [("weight_ih", (G * H, in_size)), ("weight_hh", (G * H, out_size))]
                 if bias:
-                    params += [("bias_ih", (G * hidden_size,)), ("bias_hh", (G * hidden_size,))]
+                    params += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
+                if proj_size:
+                    params += [("weight_hr", (proj_size, H))]
+                params += self._norm_params(G, H)
                 for pname, shape in params:
                     self.register_parameter(pname + sfx, torch.nn.Parameter(torch.empty(shape, **fk)))
                     self._flat_weights_names.append(pname + sfx)
         self.reset_parameters()
 
+    def _norm_params(self, G, H):
+        return []
+
     def reset_parameters(self):
         stdv = 1.0 / self.hidden_size ** 0.5 if self.hidden_size > 0 else 0
-        for w in self.parameters():
-            torch.nn.init.uniform_(w, -stdv, stdv)
+        for name, w in self.named_parameters():
+            if name.startswith("ln_"):  # layer-norm gains 1, shifts 0
+                torch.nn.init.constant_(w, 1.0 if "_weight" in name else 0.0)
+            else:
+                torch.nn.init.uniform_(w, -stdv, stdv)
 
     def flatten_parameters(self):
         """A no-op kept for torch.nn compatibility (there is no cuDNN weight buffer to compact)."""
@@ -65,9 +78,22 @@ class _Layers(torch.nn.Module):
 
     @property
     def all_weights(self):
-        per = 4 if self.bias else 2
+        per = len(self._flat_weights_names) // (self.num_layers * (2 if self.bidirectional else 1))
         w = self._flat_weights
         return [w[i:i + per] for i in range(0, len(w), per)]
+
+    def _run_layer(self, li, d, x, h0, c0, lengths):
+        sfx = f"_l{li}" + ("_reverse" if d else "")
+        p = self._parameters
+        w = (p["weight_ih" + sfx], p["weight_hh" + sfx], p.get("bias_ih" + sfx), p.get("bias_hh" + sfx))
+        ln = self._norms(sfx)
+        if self.proj_size or ln is not None:
+            return step_layer(self._kind, x, h0, c0, *w, lengths=lengths, reverse=d == 1,
+                              w_hr=p.get("weight_hr" + sfx), ln=ln, backend=self.backend)
+        return layer(self._kind, x, h0, c0, *w, lengths=lengths, reverse=d == 1, backend=self.backend)
+
+    def _norms(self, sfx):
+        return None
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
@@ -82,11 +108,6 @@ class _Layers(torch.nn.Module):
         if self.bidirectional:
             s += ", bidirectional=True"
         return s
-
-    def _weights(self, layer_idx, direction):
-        sfx = f"_l{layer_idx}" + ("_reverse" if direction else "")
-        p = self._parameters
-        return (p["weight_ih" + sfx], p["weight_hh" + sfx], p.get("bias_ih" + sfx), p.get("bias_hh" + sfx))
 
     def forward(self, input, hx=None, lengths=None):
         name = type(self).__name__
@@ -109,9 +130,10 @@ class _Layers(torch.nn.Module):
         if unbatched:
             h0 = None if h0 is None else h0.unsqueeze(1)
             c0 = None if c0 is None else c0.unsqueeze(1)
-        for nm, t in (("hx[0]" if lstm else "hx", h0), ("hx[1]", c0)):
-            if t is not None and tuple(t.shape) != (self.num_layers * D, B, self.hidden_size):
-                raise ValueError(f"{name}: Expected {nm} of size {(self.num_layers * D, B, self.hidden_size)}, "
+        for nm, t, size in (("hx[0]" if lstm else "hx", h0, self.proj_size or self.hidden_size),
+                            ("hx[1]", c0, self.hidden_size)):
+            if t is not None and tuple(t.shape) != (self.num_layers * D, B, size):
+                raise ValueError(f"{name}: Expected {nm} of size {(self.num_layers * D, B, size)}, "
                                  f"got {tuple(t.shape)}")
         if lstm and (h0 is None) != (c0 is None):
             raise ValueError(f"{name}: expected hx to be a tuple (h_0, c_0) or None")
@@ -121,8 +143,8 @@ class _Layers(torch.nn.Module):
             outs = []
             for d in range(D):
                 i = li * D + d
-                out, h, c = layer(self._kind, layer_in, None if h0 is None else h0[i], None if c0 is None else c0[i],
-                                  *self._weights(li, d), lengths=lengths, reverse=d == 1, backend=self.backend)
+                out, h, c = self._run_layer(li, d, layer_in, None if h0 is None else h0[i],
+                                            None if c0 is None else c0[i], lengths)
                 outs.append(out)
                 h_n.append(h)
                 c_n.append(c)
@@ -148,17 +170,18 @@ class _Layers(torch.nn.Module):
 
 
 class LSTM(_Layers):
-    """Drop-in torch.nn.LSTM (proj_size not supported yet); forward(input, hx=None, lengths=None)."""
+    """Drop-in torch.nn.LSTM, proj_size included; forward(input, hx=None, lengths=None)."""
     _kind = "lstm"
     _gates = 4
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, device=None, dtype=None, *, backend=None):
-        if proj_size:
-            raise ValueError(f"LSTM: proj_size > 0 is not supported by crossfuse yet (got {proj_size}); "
-                             f"use torch.nn.LSTM for projected LSTMs")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device,
-                         dtype, backend=backend)
+                         dtype, proj_size=proj_size, backend=backend)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + (f", proj_size={self.proj_size}" if self.proj_size else "")
 
 
 class GRU(_Layers):
@@ -185,3 +208,35 @@ class RNN(_Layers):
     def extra_repr(self):
         s = super().extra_repr()
         return s if self.nonlinearity == "tanh" else s + f", nonlinearity={self.nonlinearity!r}"
+
+
+class LayerNormLSTM(_Layers):
+    """LSTM with layer norm on the input and recurrent pre-activations and on the cell state (haste's
+    LayerNormLSTM, with torch.nn.LSTM's arguments, gate order and parameter names, plus per layer and direction
+    ln_ih_weight / ln_hh_weight (4*hidden) and ln_cell_weight / ln_cell_bias (hidden)):
+    gates = LN(W_ih x) + b_ih + LN(W_hh h) + b_hh;  c' = f c + i g;  h' = o tanh(LN(c'))."""
+    _kind = "lstm"
+    _gates = 4
+
+    def _norm_params(self, G, H):
+        return [("ln_ih_weight", (G * H,)), ("ln_hh_weight", (G * H,)), ("ln_cell_weight", (H,)),
+                ("ln_cell_bias", (H,))]
+
+    def _norms(self, sfx):
+        p = self._parameters
+        return tuple(p[n + sfx] for n in ("ln_ih_weight", "ln_hh_weight", "ln_cell_weight", "ln_cell_bias"))
+
+
+class LayerNormGRU(_Layers):
+    """GRU with layer norm on the input and recurrent pre-activations (haste's LayerNormGRU, with torch.nn.GRU's
+    arguments, gate order and parameter names, plus ln_ih_weight / ln_hh_weight (3*hidden) per layer and
+    direction): gates = LN(W_ih x) + b_ih and LN(W_hh h) + b_hh, then torch.nn.GRU's update."""
+    _kind = "gru"
+    _gates = 3
+
+    def _norm_params(self, G, H):
+        return [("ln_ih_weight", (G * H,)), ("ln_hh_weight", (G * H,))]
+
+    def _norms(self, sfx):
+        p = self._parameters
+        return (p["ln_ih_weight" + sfx], p["ln_hh_weight" + sfx])

@@ -289,3 +289,101 @@ def rnn(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", len
     out, h, _ = layer("rnn_" + nonlinearity, input, hx, None, w_ih, w_hh, b_ih, b_hh, lengths=lengths,
                       reverse=reverse, backend=backend)
     return out, h
+
+
+# ---- the fused gate math with precomputed gate inputs, under autograd (for the layer-norm and projected
+# variants, whose per-step pre-activations come from torch ops) ------------------------------------------------
+class _GateFunction(torch.autograd.Function):
+    """(hy, cy or None) from gate inputs gi (B, G*H; b_ih folded in) and gh (B, G*H; without b_hh), through the
+    backend's fused cell kernel forward and backward."""
+
+    @staticmethod
+    def forward(ctx, kind, backend, gi, gh, b_hh, hx, cx):
+        B, GH = gi.shape
+        H = GH // GATES[kind]
+        new = _backend.empty
+        hy = new((B, H), dtype=gi.dtype, device=gi.device)
+        cy = new((B, H), dtype=gi.dtype, device=gi.device) if kind == "lstm" else None
+        ws = new((B, 4 * H), dtype=torch.float32, device=gi.device) if kind in ("lstm", "gru") else None
+        run_kernel(kind, backend, False, B, H, gi.dtype,
+                   {"gi": gi, "gh": gh, "bih": None, "bhh": b_hh, "hx": hx, "cx": cx, "hy": hy, "cy": cy, "ws": ws})
+        ctx.kind, ctx.backend = kind, backend
+        ctx.save_for_backward(hx, cx, hy, ws)
+        return (hy, cy) if cy is not None else (hy, hy.new_empty(0))
+
+    @staticmethod
+    def backward(ctx, dhy, dcy):
+        kind, backend = ctx.kind, ctx.backend
+        hx, cx, hy, ws = ctx.saved_tensors
+        B, H = hy.shape
+        GH = GATES[kind] * H
+        dt = hy.dtype
+        dgi = torch.empty((B, GH), dtype=dt, device=hy.device)
+        dgh = torch.empty((B, GH), dtype=dt, device=hy.device) if kind == "gru" else None
+        dhx = torch.empty((B, H), dtype=dt, device=hy.device) if kind == "gru" else None
+        dcx = torch.empty((B, H), dtype=dt, device=hy.device) if kind == "lstm" else None
+        run_kernel(kind, backend, True, B, H, dt,
+                   {"dhy": dhy, "dcy": dcy if kind == "lstm" else None, "hx": hx, "cx": cx, "hy": hy, "ws": ws,
+                    "dgi": dgi, "dgh": dgh, "dhx": dhx, "dcx": dcx})
+        dgh = dgi if dgh is None else dgh
+        db_hh = dgh.sum(0) if ctx.needs_input_grad[4] else None
+        return None, None, dgi, dgh, db_hh, dhx, dcx
+
+
+def _gates(kind, backend, gi, gh, b_hh, hx, cx):
+    hy, cy = _GateFunction.apply(kind, backend, gi, gh, b_hh, hx, cx)
+    return hy, (cy if kind == "lstm" else None)
+
+
+def step_layer(kind, input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, w_hr=None,
+               ln=None, eps=1e-5, backend=None):
+    """A layer as a step loop under autograd around the fused gate kernel: for LSTM projections (w_hr: h = W_hr
+    (o * tanh(c))) and the layer-norm variants (ln = (gamma_ih, gamma_hh, gamma_c, beta_c) for LSTM, (gamma_ih,
+    gamma_hh) for GRU: gates = LN(W_ih x; gamma_ih) + b_ih + LN(W_hh h; gamma_hh) + b_hh, and for LSTM
+    h = o * tanh(LN(c; gamma_c, beta_c))). Returns (out, h_T, c_T or None)."""
+    op = _op_of(kind)
+    T, B, _ = input.shape
+    H = w_hh.shape[0] // GATES[kind]
+    P = w_hr.shape[0] if w_hr is not None else H
+    backend = _backend.choose(op, input.device, backend)
+    if backend == "reference":
+        from crossfuse.reference.rnn import step_layer as ref
+        return ref(kind, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse, w_hr=w_hr, ln=ln,
+                   eps=eps)
+    dtype = input.dtype
+    if dtype != torch.float32:  # half / bfloat16: the state and every step in fp32, the result in the input dtype
+        f = lambda t: None if t is None else t.float()  # noqa: E731
+        out, h, c = step_layer(kind, f(input), f(h0), f(c0), f(w_ih), f(w_hh), f(b_ih), f(b_hh), lengths=lengths,
+                               reverse=reverse, w_hr=f(w_hr), ln=None if ln is None else tuple(map(f, ln)), eps=eps,
+                               backend=backend)
+        return out.to(dtype), h.to(dtype), None if c is None else c.to(dtype)
+    gi_all = torch.nn.functional.linear(input, w_ih)
+    if ln is not None:
+        gi_all = torch.nn.functional.layer_norm(gi_all, (gi_all.shape[-1],), ln[0], None, eps)
+    if b_ih is not None:
+        gi_all = gi_all + b_ih
+    h = h0 if h0 is not None else input.new_zeros(B, P)
+    c = (c0 if c0 is not None else input.new_zeros(B, H)) if kind == "lstm" else None
+    outs = [None] * T
+    for t in (reversed(range(T)) if reverse else range(T)):
+        gh = torch.mm(h, w_hh.t())
+        if ln is not None:
+            gh = torch.nn.functional.layer_norm(gh, (gh.shape[-1],), ln[1], None, eps)
+        if kind == "lstm" and ln is not None:  # o * tanh(LN(c')): the kernel gives c', torch the rest
+            _, c2 = _gates(kind, backend, gi_all[t], gh, b_hh, h, c)
+            o = torch.sigmoid(gi_all[t, :, 3 * H:] + gh[:, 3 * H:] + (0 if b_hh is None else b_hh[3 * H:]))
+            h2 = o * torch.tanh(torch.nn.functional.layer_norm(c2, (H,), ln[2], ln[3], eps))
+        else:
+            h2, c2 = _gates(kind, backend, gi_all[t], gh, b_hh, h if kind == "gru" else None, c)
+        if w_hr is not None:
+            h2 = torch.mm(h2, w_hr.t())
+        if lengths is not None:
+            on = (t < lengths)[:, None]
+            h2 = torch.where(on, h2, h)
+            c2 = torch.where(on, c2, c) if c is not None else None
+            outs[t] = torch.where(on, h2, torch.zeros_like(h2))
+        else:
+            outs[t] = h2
+        h, c = h2, c2
+    out = torch.stack(outs) if T else input.new_zeros(0, B, P)
+    return out, h, c
