@@ -20,6 +20,7 @@ void lstm_cell_cpu(const CellArgs&, bool);
 void gru_cell_cpu(const CellArgs&, bool);
 void cell_step_cpu(const SmallCellArgs&);
 void rnn_sequence_cpu(const SeqArgs&);
+void rnn_sequence_backward_cpu(const SeqBwdArgs&);
 #ifdef CROSSFUSE_WITH_CUDA
 void rnn_cell_cuda(const CellArgs&, bool, cudaStream_t);
 void lstm_cell_cuda(const CellArgs&, bool, cudaStream_t);
@@ -118,6 +119,27 @@ PYBIND11_MODULE(_C, m) {
     if (T * B * H == 0) return;
     py::gil_scoped_release nogil;
     rnn_sequence_cpu(s);
+  });
+  // Its backward: pointers as named in crossfuse/rnn_cpu.h SeqBwdArgs, all fp32 and contiguous, 0 = absent.
+  cpu.def("rnn_sequence_backward", [](int kind, int64_t T, int64_t B, int64_t H, uintptr_t dout, uintptr_t dhT,
+                                      uintptr_t dcT, uintptr_t hs, uintptr_t cs, uintptr_t ws, uintptr_t h0,
+                                      uintptr_t c0, uintptr_t w_hh, uintptr_t lengths, bool reverse, uintptr_t dgi,
+                                      uintptr_t dgh, uintptr_t dh0, uintptr_t dc0) {
+    if (T < 0 || B < 0 || H < 0) throw std::invalid_argument("rnn_sequence_backward: negative size");
+    if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("rnn_sequence_backward: wrong kind");
+    if (T * B * H > 0 && (!hs || !w_hh || !dgi || ((kind == kLstm || kind == kGru) && !ws) ||
+                          (kind == kGru && !dgh) || (kind == kLstm && !cs)))
+      throw std::invalid_argument("rnn_sequence_backward: missing pointer");
+    SeqBwdArgs s;
+    auto f = [](uintptr_t p) { return reinterpret_cast<const float*>(p); };
+    auto w = [](uintptr_t p) { return reinterpret_cast<float*>(p); };
+    s.kind = kind; s.T = T; s.B = B; s.H = H;
+    s.dout = f(dout); s.dhT = f(dhT); s.dcT = f(dcT); s.hs = f(hs); s.cs = f(cs); s.ws = f(ws); s.h0 = f(h0);
+    s.c0 = f(c0); s.w_hh = f(w_hh); s.lengths = reinterpret_cast<const int64_t*>(lengths); s.reverse = reverse;
+    s.dgi = w(dgi); s.dgh = w(dgh); s.dh0 = w(dh0); s.dc0 = w(dc0);
+    if (T * B * H == 0) return;
+    py::gil_scoped_release nogil;
+    rnn_sequence_backward_cpu(s);
   });
 #ifdef _OPENMP
   m.attr("openmp") = true;

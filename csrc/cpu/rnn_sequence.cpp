@@ -1,6 +1,7 @@
 // Whole-sequence recurrence on CPU for rnn / lstm / gru layers (one layer, one direction): the input
 // projection of all steps is one torch GEMM done before; here the time loop runs in C++, each step one fused
 // pass (R.h GEMV tiles + gate math, OpenMP over hidden-unit blocks) from crossfuse/cell_cpu_small.h.
+#include <algorithm>
 #include <vector>
 #include "crossfuse/cell_cpu_small.h"
 #include "crossfuse/rnn_cpu.h"
@@ -28,6 +29,152 @@ void rnn_sequence_cpu(const SeqArgs& s) {
     a.ws = s.ws ? s.ws + t * 4 * BH : nullptr; a.sws = 4 * H;
     a.active = s.lengths ? active.data() : nullptr;
     cell_step_cpu(a);
+  }
+}
+
+namespace {
+
+// dh[b, k] = sum_g d[b, g] W[g, k] (+ add[b, k]) for k in [k0, k1): W row-major (GH, H); 16 columns x 4 rows of
+// accumulators, each weight row slice loaded once per 4 batch rows.
+CF_CPU_CLONES void rows_times_w(const float* d, int64_t B, int64_t GH, const float* W, int64_t H, int64_t k0,
+                                int64_t k1, float* dh) {
+  typedef float v8f __attribute__((vector_size(32)));
+  auto ld = [](const float* p) { v8f v; __builtin_memcpy(&v, p, 32); return v; };
+  auto st = [](float* p, v8f v) { __builtin_memcpy(p, &v, 32); };
+  int64_t k = k0;
+  for (; k + 16 <= k1; k += 16) {
+    for (int64_t b0 = 0; b0 < B; b0 += 4) {
+      const int64_t nb = std::min<int64_t>(4, B - b0);
+      v8f acc[4][2] = {};
+      for (int64_t g = 0; g < GH; ++g) {
+        const v8f w0 = ld(W + g * H + k), w1 = ld(W + g * H + k + 8);
+        for (int64_t b = 0; b < 4; ++b) {
+          if (b < nb) {
+            const float s = d[(b0 + b) * GH + g];
+            acc[b][0] += w0 * s;
+            acc[b][1] += w1 * s;
+          }
+        }
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        st(dh + (b0 + b) * H + k, acc[b][0]);
+        st(dh + (b0 + b) * H + k + 8, acc[b][1]);
+      }
+    }
+  }
+  for (; k < k1; ++k)
+    for (int64_t b = 0; b < B; ++b) {
+      float acc = 0.f;
+      for (int64_t g = 0; g < GH; ++g) acc += d[b * GH + g] * W[g * H + k];
+      dh[b * H + k] = acc;
+    }
+}
+
+// Gate backward of step t for rows [b0, b1): writes dgi/dgh rows, the direct dh (GRU) into dh_direct and dc_prev
+// (LSTM); inactive rows get zero gates.
+template <int KIND>
+CF_CPU_CLONES void gates_backward(const SeqBwdArgs& s, int64_t t, const float* dh_t, const float* dc, const float* hprev,
+                                  const float* cprev, const uint8_t* active, float* dh_direct, float* dc_prev,
+                                  int64_t b0, int64_t b1) {
+  const int64_t H = s.H, G = KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1), GH = G * H, BH = s.B * H;
+  for (int64_t b = b0; b < b1; ++b) {
+    float* dgi = s.dgi + t * s.B * GH + b * GH;
+    float* dgh = KIND == kGru ? s.dgh + t * s.B * GH + b * GH : nullptr;
+    const float* dh = dh_t + b * H;
+    if (active && !active[b]) {
+      std::fill(dgi, dgi + GH, 0.f);
+      if (dgh) std::fill(dgh, dgh + GH, 0.f);
+      if (KIND == kGru) std::fill(dh_direct + b * H, dh_direct + (b + 1) * H, 0.f);
+      if (KIND == kLstm) std::copy(dc + b * H, dc + (b + 1) * H, dc_prev + b * H);
+      continue;
+    }
+    if (KIND == kLstm) {
+      const float* w = s.ws + t * 4 * BH + b * 4 * H;
+      for (int64_t j = 0; j < H; ++j) {
+        float i = w[j], f = w[H + j], g = w[2 * H + j], o = w[3 * H + j], dcx;
+        lstm_bwd(i, f, g, o, cprev ? cprev[b * H + j] : 0.f, dh[j], dc[b * H + j], dcx);
+        dgi[j] = i; dgi[H + j] = f; dgi[2 * H + j] = g; dgi[3 * H + j] = o;
+        dc_prev[b * H + j] = dcx;
+      }
+    } else if (KIND == kGru) {
+      const float* w = s.ws + t * 4 * BH + b * 4 * H;
+      for (int64_t j = 0; j < H; ++j) {
+        float dr, dz, dgin, dghn, dhd;
+        gru_bwd(w[j], w[H + j], w[2 * H + j], w[3 * H + j], hprev ? hprev[b * H + j] : 0.f, dh[j], dr, dz, dgin,
+                dghn, dhd);
+        dgi[j] = dr; dgi[H + j] = dz; dgi[2 * H + j] = dgin;
+        dgh[j] = dr; dgh[H + j] = dz; dgh[2 * H + j] = dghn;
+        dh_direct[b * H + j] = dhd;
+      }
+    } else {
+      const float* y = s.hs + t * BH + b * H;
+      for (int64_t j = 0; j < H; ++j) dgi[j] = dh[j] * rnn_act_grad(KIND, y[j]);
+    }
+  }
+}
+
+template <int KIND>
+void sequence_backward(const SeqBwdArgs& s) {
+  const int64_t T = s.T, B = s.B, H = s.H, BH = B * H, GH = (KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1)) * H;
+  std::vector<float> dh(BH), dc(BH), dh_t(BH), dh_next(BH), dc_next(BH), direct(BH);
+  std::vector<uint8_t> active(s.lengths ? B : 0);
+  if (s.dhT) std::copy(s.dhT, s.dhT + BH, dh.begin());
+  if (s.dcT) std::copy(s.dcT, s.dcT + BH, dc.begin());
+  const int64_t first = s.reverse ? T - 1 : 0;
+  const bool par = BH * GH >= (1 << 15);
+  for (int64_t step = 0; step < T; ++step) {
+    const int64_t t = s.reverse ? step : T - 1 - step, p = s.reverse ? t + 1 : t - 1;
+    const float* hprev = t == first ? s.h0 : s.hs + p * BH;
+    const float* cprev = t == first ? s.c0 : (s.cs ? s.cs + p * BH : nullptr);
+    if (s.lengths)
+      for (int64_t b = 0; b < B; ++b) active[b] = t < s.lengths[b];
+    for (int64_t b = 0; b < B; ++b) {
+      const bool on = !s.lengths || active[b];
+      for (int64_t j = 0; j < H; ++j)
+        dh_t[b * H + j] = dh[b * H + j] + (on && s.dout ? s.dout[t * BH + b * H + j] : 0.f);
+    }
+    const float* dgh = KIND == kGru ? s.dgh + t * B * GH : s.dgi + t * B * GH;
+#if defined(_OPENMP)
+#pragma omp parallel if (par)
+#endif
+    {
+      int nt = 1, id = 0;
+#if defined(_OPENMP)
+      nt = omp_get_num_threads(); id = omp_get_thread_num();
+#endif
+      const int64_t bb = (B + nt - 1) / nt, b0 = id * bb, b1 = std::min(B, b0 + bb);
+      if (b0 < b1)
+        gates_backward<KIND>(s, t, dh_t.data(), dc.data(), hprev, cprev, s.lengths ? active.data() : nullptr,
+                             direct.data(), dc_next.data(), b0, b1);
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+      const int64_t kk = ((H + nt - 1) / nt + 15) / 16 * 16, k0 = std::min(H, id * kk), k1 = std::min(H, k0 + kk);
+      if (k0 < k1) rows_times_w(dgh, B, GH, s.w_hh, H, k0, k1, dh_next.data());
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      const bool on = !s.lengths || active[b];
+      for (int64_t j = 0; j < H; ++j) {
+        const int64_t i = b * H + j;
+        dh[i] = on ? dh_next[i] + (KIND == kGru ? direct[i] : 0.f) : dh_t[i];
+      }
+    }
+    if (KIND == kLstm) std::swap(dc, dc_next);
+  }
+  if (s.dh0) std::copy(dh.begin(), dh.end(), s.dh0);
+  if (s.dc0 && KIND == kLstm) std::copy(dc.begin(), dc.end(), s.dc0);
+}
+
+}  // namespace
+
+void rnn_sequence_backward_cpu(const SeqBwdArgs& s) {
+  switch (s.kind) {
+    case kRnnTanh: sequence_backward<kRnnTanh>(s); break;
+    case kRnnRelu: sequence_backward<kRnnRelu>(s); break;
+    case kRnnSigmoid: sequence_backward<kRnnSigmoid>(s); break;
+    case kLstm: sequence_backward<kLstm>(s); break;
+    case kGru: sequence_backward<kGru>(s); break;
+    default: throw std::invalid_argument("rnn_sequence_backward: wrong kind");
   }
 }
 

@@ -19,4 +19,20 @@ struct SeqArgs {
 
 void rnn_sequence_cpu(const SeqArgs& s);
 
+// The reverse-time loop of the backward: per step the gate backward (from the saved activated gates) and
+// dh_prev = dgh W_hh. Weight gradients are left to large GEMMs over dgi / dgh afterwards.
+struct SeqBwdArgs {
+  int kind = 0;
+  int64_t T = 0, B = 0, H = 0;
+  const float* dout = nullptr;  // (T, B, H) contiguous, or null
+  const float *dhT = nullptr, *dcT = nullptr;
+  const float *hs = nullptr, *cs = nullptr, *ws = nullptr, *h0 = nullptr, *c0 = nullptr, *w_hh = nullptr;
+  const int64_t* lengths = nullptr;
+  bool reverse = false;
+  float *dgi = nullptr, *dgh = nullptr;  // (T, B, G*H); dgh GRU only (the recurrent side differs there)
+  float *dh0 = nullptr, *dc0 = nullptr;  // (B, H)
+};
+
+void rnn_sequence_backward_cpu(const SeqBwdArgs& s);
+
 }  // namespace crossfuse

@@ -75,6 +75,18 @@ def layer_backward(kind, backend, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs,
     prev_of = (lambda t: t + 1) if reverse else (lambda t: t - 1)  # noqa: E731
     first = T - 1 if reverse else 0
     hprev_all = torch.empty_like(hs)
+    if backend == "cpu" and dt == torch.float32 and T * B * H:  # the reverse-time loop in C++
+        c = lambda t: None if t is None else t.contiguous()  # noqa: E731
+        ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+        dh, dc = x.new_empty(B, H), (x.new_empty(B, H) if kind == "lstm" else None)
+        keep = [c(dout), c(dhT), c(dcT), c(h0), c(c0), c(w_hh), None if lengths is None else c(lengths)]
+        _backend.ext.cpu.rnn_sequence_backward(
+            KINDS[kind], T, B, H, *map(ptr, keep[:3]), hs.data_ptr(), ptr(cs), ptr(ws), ptr(keep[3]), ptr(keep[4]),
+            ptr(keep[5]), ptr(keep[6]), reverse, dgi.data_ptr(), ptr(dgh if kind == "gru" else None), dh.data_ptr(),
+            ptr(dc))
+        h_first = h0 if h0 is not None else zeros
+        hprev_all = torch.cat([hs[1:], h_first[None]]) if reverse else torch.cat([h_first[None], hs[:-1]])
+        order = ()
     for t in order:
         p = prev_of(t)
         h_prev = hs[p] if t != first else (h0 if h0 is not None else zeros)
