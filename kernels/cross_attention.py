@@ -28,7 +28,7 @@ CONFIGS = {
             (16, 256): (32, 16, 8, 1),
             (32, 16): (64, 64, 8, 2), (32, 32): (32, 32, 4, 1), (32, 64): (32, 32, 4, 1), (32, 128): (16, 16, 4, 1),
             (32, 256): (16, 32, 8, 1)},
-    "dkdv": {(16, 16): (64, 64, 8, 1), (16, 32): (64, 64, 8, 1), (16, 64): (32, 64, 8, 1), (16, 128): (32, 32, 8, 1),
+    "dkdv": {(16, 16): (64, 64, 8, 1), (16, 32): (32, 64, 8, 1), (16, 64): (32, 64, 8, 1), (16, 128): (32, 32, 8, 1),
              (16, 256): (16, 16, 8, 1),
              (32, 16): (64, 64, 8, 1), (32, 32): (32, 64, 8, 1), (32, 64): (32, 32, 4, 1), (32, 128): (16, 32, 8, 1),
              (32, 256): (16, 16, 8, 1)},
@@ -126,6 +126,28 @@ def _as_dot(x, DOT_F32: tl.constexpr):
         return x
 
 
+@triton.jit
+def _tile(base, rows, s_row, offs_d, s_d, mask_rows, mask_d, DOT_F32: tl.constexpr):
+    """A (rows, head dim) tile, zeros outside the masks, in the dtype the dots take."""
+    t = tl.load(base + rows[:, None] * s_row + offs_d[None, :] * s_d, mask=mask_rows[:, None] & mask_d[None, :],
+                other=0.0)
+    return _as_dot(t, DOT_F32)
+
+
+@triton.jit
+def _probs_and_ds(q, k, v, do, lse2, delta, vis, scale2, keep, p_drop, DROPOUT: tl.constexpr, PREC: tl.constexpr):
+    """Backward of one (query tile, key tile) pair: the probabilities recomputed from the log-sum-exp, their
+    dropped version (what multiplied v) and dS = P * (dP - delta)."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale2
+    p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+    pd = p
+    if DROPOUT:
+        pd = tl.where(keep, p * (1.0 / (1.0 - p_drop)), 0.0)
+        dp = tl.where(keep, dp * (1.0 / (1.0 - p_drop)), 0.0)
+    return pd, p * (dp - delta[:, None])
+
+
 # ---- forward ------------------------------------------------------------------------------------------
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE,
@@ -152,9 +174,7 @@ def _fwd_kernel(Q, K, V, O, LSE,
     mask_m = offs_m < q_len
     mask_d = offs_d < D
     rows_q = (q_start + offs_m).to(tl.int64)
-    q = tl.load(Q + b64 * s_qb + h * s_qh + rows_q[:, None] * s_qm + offs_d[None, :] * s_qd,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    q = _as_dot(q, DOT_F32)
+    q = _tile(Q + b64 * s_qb + h * s_qh, rows_q, s_qm, offs_d, s_qd, mask_m, mask_d, DOT_F32)
     qs = offs_m * 0
     lo = 0
     hi = 0
@@ -175,9 +195,8 @@ def _fwd_kernel(Q, K, V, O, LSE,
             offs_n = start_n + tl.arange(0, BLOCK_N)
             mask_n = offs_n < k_len
             rows_k = (k_start + offs_n).to(tl.int64)
-            k = tl.load(K_base + rows_k[:, None] * s_kn + offs_d[None, :] * s_kd,
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            s = tl.dot(q, tl.trans(_as_dot(k, DOT_F32)), input_precision=PREC) * scale2
+            k = _tile(K_base, rows_k, s_kn, offs_d, s_kd, mask_n, mask_d, DOT_F32)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale2
             vis = _visible(offs_m, offs_n, q_len, k_len, b64, k_start, KPM, s_kpm_b, s_kpm_n, qs, KS, s_ks_b,
                            s_ks_n, HAS_KPM, HAS_SEG, SEG_LE)
             s = tl.where(vis, s, float("-inf"))
@@ -189,9 +208,7 @@ def _fwd_kernel(Q, K, V, O, LSE,
             if DROPOUT:
                 keep = _keep(seed, bh, offs_m, offs_n, LQ_PAD, LK_PAD, p_drop)
                 p = tl.where(keep, p * (1.0 / (1.0 - p_drop)), 0.0)
-            v = tl.load(V_base + rows_k[:, None] * s_vn + offs_d[None, :] * s_vd,
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            v = _as_dot(v, DOT_F32)
+            v = _tile(V_base, rows_k, s_vn, offs_d, s_vd, mask_n, mask_d, DOT_F32)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
             m_i = m_new
     seen = l_i > 0.0
@@ -235,12 +252,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     if pid_n * BLOCK_N < k_len:
-        k = tl.load(K + b64 * s_kb + hk * s_kh + rows_k[:, None] * s_kn + offs_d[None, :] * s_kd,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        v = tl.load(V + b64 * s_vb + hk * s_vh + rows_k[:, None] * s_vn + offs_d[None, :] * s_vd,
-                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        k = _as_dot(k, DOT_F32)
-        v = _as_dot(v, DOT_F32)
+        k = _tile(K + b64 * s_kb + hk * s_kh, rows_k, s_kn, offs_d, s_kd, mask_n, mask_d, DOT_F32)
+        v = _tile(V + b64 * s_vb + hk * s_vh, rows_k, s_vn, offs_d, s_vd, mask_n, mask_d, DOT_F32)
         lo = 0
         hi = 0
         if HAS_SEG:
@@ -262,12 +275,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                     offs_m = start_m + tl.arange(0, BLOCK_M)
                     mask_m = offs_m < q_len
                     rows_q = (q_start + offs_m).to(tl.int64)
-                    q = tl.load(Q + b64 * s_qb + h * s_qh + rows_q[:, None] * s_qm + offs_d[None, :] * s_qd,
-                                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-                    do = tl.load(DO + b64 * s_dob + h * s_doh + rows_q[:, None] * s_dom + offs_d[None, :] * s_dod,
-                                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-                    q = _as_dot(q, DOT_F32)
-                    do = _as_dot(do, DOT_F32)
+                    q = _tile(Q + b64 * s_qb + h * s_qh, rows_q, s_qm, offs_d, s_qd, mask_m, mask_d, DOT_F32)
+                    do = _tile(DO + b64 * s_dob + h * s_doh, rows_q, s_dom, offs_d, s_dod, mask_m, mask_d, DOT_F32)
                     lse = tl.load(LSE + b64 * s_lb + h * s_lh + rows_q * s_lm, mask=mask_m, other=0.0)
                     delta = tl.load(DELTA + b64 * s_lb + h * s_lh + rows_q * s_lm, mask=mask_m, other=0.0)
                     qs = offs_m * 0
@@ -275,17 +284,12 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                         qs = tl.load(QS + b64 * s_qs_b + offs_m * s_qs_m, mask=mask_m, other=-1)
                     vis = _visible(offs_m, offs_n, q_len, k_len, b64, k_start, KPM, s_kpm_b, s_kpm_n, qs, KS,
                                    s_ks_b, s_ks_n, HAS_KPM, HAS_SEG, SEG_LE)
-                    s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale2
-                    p = tl.where(vis, tl.exp2(s - (lse * 1.4426950408889634)[:, None]), 0.0)
-                    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+                    keep = vis
                     if DROPOUT:
                         keep = _keep(seed, bh, offs_m, offs_n, LQ_PAD, LK_PAD, p_drop)
-                        pd = tl.where(keep, p * (1.0 / (1.0 - p_drop)), 0.0)
-                        dp = tl.where(keep, dp * (1.0 / (1.0 - p_drop)), 0.0)
-                    else:
-                        pd = p
+                    pd, ds = _probs_and_ds(q, k, v, do, lse * 1.4426950408889634, delta, vis, scale2, keep, p_drop,
+                                           DROPOUT, PREC)
                     dv += tl.dot(tl.trans(pd.to(do.dtype)), do, input_precision=PREC)
-                    ds = p * (dp - delta[:, None])
                     dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
     tl.store(DK + b64 * s_dkb + hk * s_dkh + rows_k[:, None] * s_dkn + offs_d[None, :] * s_dkd,
              (dk * scale).to(DK.dtype.element_ty), mask=store_n)
@@ -319,12 +323,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     mask_m = offs_m < q_len
     mask_d = offs_d < D
     rows_q = (q_start + offs_m).to(tl.int64)
-    q = tl.load(Q + b64 * s_qb + h * s_qh + rows_q[:, None] * s_qm + offs_d[None, :] * s_qd,
-                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    do = tl.load(DO + b64 * s_dob + h * s_doh + rows_q[:, None] * s_dom + offs_d[None, :] * s_dod,
-                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    q = _as_dot(q, DOT_F32)
-    do = _as_dot(do, DOT_F32)
+    q = _tile(Q + b64 * s_qb + h * s_qh, rows_q, s_qm, offs_d, s_qd, mask_m, mask_d, DOT_F32)
+    do = _tile(DO + b64 * s_dob + h * s_doh, rows_q, s_dom, offs_d, s_dod, mask_m, mask_d, DOT_F32)
     lse2 = tl.load(LSE + b64 * s_lb + h * s_lh + rows_q * s_lm, mask=mask_m, other=0.0) * 1.4426950408889634
     delta = tl.load(DELTA + b64 * s_lb + h * s_lh + rows_q * s_lm, mask=mask_m, other=0.0)
     qs = offs_m * 0
@@ -343,21 +343,14 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
             offs_n = start_n + tl.arange(0, BLOCK_N)
             mask_n = offs_n < k_len
             rows_k = (k_start + offs_n).to(tl.int64)
-            k = tl.load(K + b64 * s_kb + hk * s_kh + rows_k[:, None] * s_kn + offs_d[None, :] * s_kd,
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            v = tl.load(V + b64 * s_vb + hk * s_vh + rows_k[:, None] * s_vn + offs_d[None, :] * s_vd,
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-            k = _as_dot(k, DOT_F32)
-            v = _as_dot(v, DOT_F32)
+            k = _tile(K + b64 * s_kb + hk * s_kh, rows_k, s_kn, offs_d, s_kd, mask_n, mask_d, DOT_F32)
+            v = _tile(V + b64 * s_vb + hk * s_vh, rows_k, s_vn, offs_d, s_vd, mask_n, mask_d, DOT_F32)
             vis = _visible(offs_m, offs_n, q_len, k_len, b64, k_start, KPM, s_kpm_b, s_kpm_n, qs, KS, s_ks_b,
                            s_ks_n, HAS_KPM, HAS_SEG, SEG_LE)
-            s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale2
-            p = tl.where(vis, tl.exp2(s - lse2[:, None]), 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+            keep = vis
             if DROPOUT:
                 keep = _keep(seed, bh, offs_m, offs_n, LQ_PAD, LK_PAD, p_drop)
-                dp = tl.where(keep, dp * (1.0 / (1.0 - p_drop)), 0.0)
-            ds = p * (dp - delta[:, None])
+            _, ds = _probs_and_ds(q, k, v, do, lse2, delta, vis, scale2, keep, p_drop, DROPOUT, PREC)
             dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     tl.store(DQ + b64 * s_dqb + h * s_dqh + rows_q[:, None] * s_dqm + offs_d[None, :] * s_dqd,
              (dq * scale).to(DQ.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])

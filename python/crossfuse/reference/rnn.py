@@ -22,16 +22,21 @@ def rnn_layer(kind, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, r
             h2, c2 = gru_cell(x[t], h, w_ih, w_hh, b_ih, b_hh), None
         else:
             h2, c2 = rnn_cell(x[t], h, w_ih, w_hh, b_ih, b_hh, nonlinearity=kind[4:]), None
-        if lengths is None:
-            outs[t] = h2
-        else:
-            on = (t < lengths.to(x.device))[:, None]
-            h2 = torch.where(on, h2, h)
-            c2 = torch.where(on, c2, c) if c is not None else None
-            outs[t] = torch.where(on, h2, torch.zeros_like(h2))
-        h, c = h2, c2
+        h, c = _advance(outs, t, lengths, h2, c2, h, c)
     out = torch.stack(outs) if T else x.new_zeros(0, B, H)
     return out, h, c
+
+
+def _advance(outs, t, lengths, h2, c2, h, c):
+    """Records step t's output and returns the next state: rows past their length keep (h, c) and output 0."""
+    if lengths is None:
+        outs[t] = h2
+        return h2, c2
+    on = (t < lengths.to(h2.device))[:, None]
+    h2 = torch.where(on, h2, h)
+    c2 = torch.where(on, c2, c) if c is not None else None
+    outs[t] = torch.where(on, h2, torch.zeros_like(h2))
+    return h2, c2
 
 
 def step_layer(kind, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, w_hr=None, ln=None,
@@ -67,13 +72,6 @@ def step_layer(kind, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, 
             h2, c2 = (1 - z) * n + z * h, None
         if w_hr is not None:
             h2 = h2 @ w_hr.t()
-        if lengths is None:
-            outs[t] = h2
-        else:
-            on = (t < lengths.to(x.device))[:, None]
-            h2 = torch.where(on, h2, h)
-            c2 = torch.where(on, c2, c) if c is not None else None
-            outs[t] = torch.where(on, h2, torch.zeros_like(h2))
-        h, c = h2, c2
+        h, c = _advance(outs, t, lengths, h2, c2, h, c)
     out = torch.stack(outs) if T else x.new_zeros(0, B, P)
     return out, h, c
