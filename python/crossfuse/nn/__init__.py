@@ -1,4 +1,5 @@
 """Drop-in nn.Modules: same constructor, parameter names, state_dict keys and forward as torch.nn's."""
+from .contrastive_loss import ClipLoss, SigLipLoss
 from .cross_attention import BidirectionalCrossAttention, GatedCrossAttentionBlock, MultiheadCrossAttention
 from .gru_cell import GRUCell
 from .lstm_cell import LSTMCell
@@ -7,4 +8,4 @@ from .rnn_cell import RNNCell
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "MultiheadCrossAttention", "GatedCrossAttentionBlock",
            "BidirectionalCrossAttention", "RNN", "LSTM", "GRU", "LayerNormLSTM",
-           "LayerNormGRU"]
+           "LayerNormGRU", "ClipLoss", "SigLipLoss"]

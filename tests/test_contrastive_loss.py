@@ -1,0 +1,188 @@
+"""contrastive_loss against the float64 reference that materialises the logits (value and every gradient under
+the tolerance rule), its peak memory (linear in B), ClipLoss / SigLipLoss with open_clip's semantics, over two
+gloo processes too, and bad input."""
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import crossfuse
+from crossfuse.reference import contrastive_loss as ref_loss
+from harness import assert_within_rule, backend_cases, leaf_like
+
+DEVICE_CASES = backend_cases(backends=("reference", "cpu", "triton"))
+# (B, D, labels, label_smoothing, reduction, scale)
+CASES = [(1, 3, None, 0.0, "mean", 10.0), (37, 59, None, 0.0, "mean", 100.0), (70, 130, "dup", 0.1, "sum", 30.0),
+         (33, 16, "dup", 0.0, "none", 100.0)]
+
+
+def _embeddings(B, D, dtype, device):
+    e = torch.randn(2, B, D, device=device)
+    e = e / e.norm(dim=-1, keepdim=True)
+    return e[0].to(dtype), e[1].to(dtype)
+
+
+def _run(fn, I, T, scale, bias, cot, **kw):
+    leaves = [leaf_like(I), leaf_like(T), scale.detach().clone().requires_grad_()]
+    if bias is not None:
+        leaves.append(bias.detach().clone().requires_grad_())
+    loss = fn(leaves[0], leaves[1], leaves[2], logit_bias=leaves[3] if bias is not None else None, **kw)
+    grads = torch.autograd.grad((loss.double() * cot).sum(), leaves)
+    return loss, grads
+
+
+@pytest.mark.parametrize("B,D,labels,eps,reduction,scale", CASES)
+@pytest.mark.parametrize("backend,device,dtype", DEVICE_CASES)
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_against_reference(kind, backend, device, dtype, B, D, labels, eps, reduction, scale):
+    I, T = _embeddings(B, D, dtype, device)
+    lab = torch.randint(0, max(1, B // 3), (B,), device=device) if labels == "dup" else None
+    sc = torch.tensor(scale, device=device)
+    bias = torch.tensor(-10.0, device=device) if kind == "siglip" else None
+    kw = dict(kind=kind, labels=lab, label_smoothing=eps if kind == "clip" else 0.0, reduction=reduction)
+    cot = torch.randn(B if reduction == "none" else (), dtype=torch.float64, device=device)
+
+    def reference(i, t, s, logit_bias=None, **k):
+        return ref_loss(i, t, s, logit_bias, **k)
+    up = lambda t: t.double()  # noqa: E731
+    ref, ref_g = _run(reference, up(I), up(T), up(sc), None if bias is None else up(bias), cot, **kw)
+    low, low_g = _run(reference, I, T, sc.to(dtype), None if bias is None else bias.to(dtype), cot, **kw)
+    got, g = _run(crossfuse.ops.contrastive_loss, I, T, sc, bias, cot, backend=backend, **kw)
+    assert_within_rule("loss", got, low, ref, dtype)
+    names = ["d image_emb", "d text_emb", "d logit_scale", "d logit_bias"]
+    for name, a, lo, r in zip(names, g, low_g, ref_g):
+        assert_within_rule(name, a.to(dtype) if a.dim() == 0 else a, lo.to(dtype) if lo.dim() == 0 else lo, r, dtype)
+
+
+def test_large_scale_fp16_does_not_overflow():
+    for backend in ("cpu", "triton"):
+        I, T = _embeddings(40, 24, torch.float16, "cpu")
+        loss = crossfuse.ops.contrastive_loss(I * 4, T * 4, 100.0, backend=backend)  # logits up to 1600
+        assert torch.isfinite(loss)
+        want = ref_loss(I.double() * 4, T.double() * 4, 100.0)
+        assert abs(loss.double() - want).item() < 1e-2 * max(1.0, want.abs().item())
+
+
+_PEAK = """
+import resource, sys, torch, crossfuse
+B, impl = int(sys.argv[1]), sys.argv[2]
+I, T = (torch.randn(B, 32).requires_grad_() for _ in range(2))
+f = (lambda: crossfuse.ops.contrastive_loss(I, T, 10.0, backend="cpu")) if impl == "fused" else \
+    (lambda: crossfuse.reference.contrastive_loss(I, T, 10.0))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+f().backward()
+print(max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+"""
+
+
+def _first_call_peak(B, impl):
+    """Bytes one forward+backward adds to the peak RSS of a fresh process (CPU torch keeps no allocator
+    statistics); with a fixed mmap threshold every large block is mapped and unmapped, so RSS follows live bytes."""
+    script = _PEAK
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # a fixed threshold: big blocks are mapped and unmapped, RSS = live
+    out = subprocess.run([sys.executable, "-c", script, str(B), impl], capture_output=True, text=True, env=env,
+                         check=True, timeout=300).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def test_peak_memory_grows_linearly_with_batch():
+    fused = {B: _first_call_peak(B, "fused") for B in (4096, 8192)}
+    eager = {B: _first_call_peak(B, "eager") for B in (4096, 8192)}
+    logits = 8192 * 8192 * 4
+    assert eager[8192] > 2 * logits and eager[8192] > 3.5 * eager[4096], eager  # several (B, B) tensors
+    assert fused[8192] < 0.25 * logits, fused  # chunks of about 2^20 scores and O(B x D) gradients
+    assert fused[8192] < 2.5 * max(fused[4096], 2 ** 20), fused  # at most linear in B
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_modules_match_open_clip_math(backend):
+    I, T = _embeddings(21, 16, torch.float32, "cpu")
+    scale = torch.tensor(20.0)
+    clip = crossfuse.nn.ClipLoss(backend=backend)
+    torch.testing.assert_close(clip(I, T, scale), ref_loss(I, T, scale))
+    assert set(clip(I, T, scale, output_dict=True)) == {"contrastive_loss"}
+    sig = crossfuse.nn.SigLipLoss(backend=backend)
+    bias = torch.tensor(-5.0)
+    torch.testing.assert_close(sig(I, T, scale, bias), ref_loss(I, T, scale, bias, kind="siglip"))
+
+
+def _dist_worker(rank, world, init_file, I, T, results):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    B = I.shape[0] // world
+    rows = slice(rank * B, (rank + 1) * B)
+    scale, bias = torch.tensor(15.0), torch.tensor(-3.0)
+    out = {}
+    for name, module, args in (
+            ("clip_local_grad", crossfuse.nn.ClipLoss(local_loss=True, gather_with_grad=True, rank=rank,
+                                                      world_size=world), (scale,)),
+            ("clip_global", crossfuse.nn.ClipLoss(local_loss=False, gather_with_grad=False, rank=rank,
+                                                  world_size=world), (scale,)),
+            ("siglip", crossfuse.nn.SigLipLoss(rank=rank, world_size=world), (scale, bias))):
+        i, t = I[rows].clone().requires_grad_(), T[rows].clone().requires_grad_()
+        loss = module(i, t, *args)
+        loss.backward()
+        out[name] = (loss.detach(), i.grad, t.grad)
+    results[rank] = out
+    dist.destroy_process_group()
+
+
+def test_distributed_losses_equal_the_single_process_loss(tmp_path):
+    world, B, D = 2, 6, 8
+    I, T = _embeddings(world * B, D, torch.float32, "cpu")
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_dist_worker, args=(world, str(tmp_path / "init"), I, T, results), nprocs=world, join=True)
+    scale, bias = torch.tensor(15.0), torch.tensor(-3.0)
+
+    def single(kind):
+        i, t = I.clone().requires_grad_(), T.clone().requires_grad_()
+        loss = ref_loss(i, t, scale, bias if kind == "siglip" else None, kind=kind)
+        loss.backward()
+        return loss, i.grad, t.grad
+
+    full_clip, full_sig = single("clip"), single("siglip")
+    for r in range(world):
+        rows = slice(r * B, (r + 1) * B)
+        loss, gi, gt = results[r]["clip_local_grad"]
+        # the ranks' mean of local losses is the full loss; gradients summed over ranks by the gather's backward
+        torch.testing.assert_close(gi / world, full_clip[1][rows], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(gt / world, full_clip[2][rows], atol=1e-6, rtol=1e-5)
+        loss_g, gi_g, _ = results[r]["clip_global"]
+        torch.testing.assert_close(loss_g, full_clip[0], atol=1e-6, rtol=1e-5)  # every rank: the whole batch
+        torch.testing.assert_close(gi_g, full_clip[1][rows], atol=1e-6, rtol=1e-5)
+    mean_local = sum(results[r]["clip_local_grad"][0] for r in range(world)) / world
+    torch.testing.assert_close(mean_local, full_clip[0], atol=1e-6, rtol=1e-5)
+    mean_sig = sum(results[r]["siglip"][0] for r in range(world)) / world
+    torch.testing.assert_close(mean_sig, full_sig[0], atol=1e-6, rtol=1e-5)
+    for r in range(world):
+        rows = slice(r * B, (r + 1) * B)
+        torch.testing.assert_close(results[r]["siglip"][1] / world, full_sig[1][rows], atol=1e-6, rtol=1e-5)
+
+
+def test_bad_input_names_the_argument():
+    f = crossfuse.ops.contrastive_loss
+    I, T = _embeddings(4, 8, torch.float32, "cpu")
+    with pytest.raises(TypeError, match="text_emb to have dtype"):
+        f(I, T.double(), 1.0)
+    with pytest.raises(ValueError, match="text_emb of shape"):
+        f(I, T[:3], 1.0)
+    with pytest.raises(ValueError, match="image_emb of shape"):
+        f(I[0], T, 1.0)
+    with pytest.raises(ValueError, match="needs logit_bias"):
+        f(I, T, 1.0, kind="siglip")
+    with pytest.raises(ValueError, match="logit_scale to be a scalar"):
+        f(I, T, torch.ones(2))
+    with pytest.raises(TypeError, match="labels to be an integer tensor"):
+        f(I, T, 1.0, labels=torch.zeros(4))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        f(I, T, 1.0, label_smoothing=1.0)
+    with pytest.raises(ValueError, match="reduction"):
+        f(I, T, 1.0, reduction="avg")
+    assert f(I[:0], T[:0], 1.0, reduction="none").shape == (0,)
+    assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
