@@ -7,7 +7,7 @@ import torch
 
 from crossfuse.bench.runner import device_name, markdown, run_cases, write_results
 
-OPS = ("lstm_cell", "gru_cell", "rnn_cell", "cross_attention", "lstm", "gru", "rnn")
+OPS = ("lstm_cell", "gru_cell", "rnn_cell", "cross_attention", "lstm", "gru", "rnn", "contrastive_loss")
 
 
 def main(argv=None):
