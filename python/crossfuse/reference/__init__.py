@@ -3,7 +3,8 @@ from .contrastive_loss import contrastive_loss
 from .cross_attention import cross_attention
 from .gru_cell import gru_cell
 from .lstm_cell import lstm_cell
+from .reparameterize_kl import reparameterize_kl
 from .rnn import rnn_layer
 from .rnn_cell import rnn_cell
 
-__all__ = ["rnn_cell", "lstm_cell", "gru_cell", "cross_attention", "rnn_layer", "contrastive_loss"]
+__all__ = ["rnn_cell", "lstm_cell", "gru_cell", "cross_attention", "rnn_layer", "contrastive_loss", "reparameterize_kl"]
