@@ -77,45 +77,76 @@ def _grads_cpu(a, b, la, lb, stats, w, scale, bias, eps, siglip):
 
 def _row_losses(stats, Nb, eps, siglip):
     if siglip:
-        return stats[:, 0]
+        return stats[:, 0].clone()  # not a view: a custom op's outputs must not alias
     pos = torch.where(stats[:, 2] > 0, stats[:, 1] / stats[:, 2].clamp_min(1), torch.zeros_like(stats[:, 1]))
     return stats[:, 0] - (1 - eps) * pos - (eps / Nb) * stats[:, 3] if Nb else stats[:, 0]
 
 
-class _Direction(torch.autograd.Function):
-    """Per-row losses of A's rows against B's, differentiable in A, B, scale and bias."""
+def _direction_forward(kind, backend, eps, a, b, la, lb, scale, bias):
+    siglip = kind == "siglip"
+    if backend == "triton":
+        la, lb = la.to(torch.int32), lb.to(torch.int32)  # 32-bit ids: fewer registers in the kernels
+        stats = _kernels().rows(a, b, la, lb, scale, bias, siglip)
+    else:
+        stats = _rows_cpu(a, b, la, lb, scale, bias, siglip)
+    return _row_losses(stats, b.shape[0], eps, siglip), stats
 
-    @staticmethod
-    def forward(ctx, kind, backend, eps, a, b, la, lb, scale, bias):
-        siglip = kind == "siglip"
-        sc, bi = float(scale), float(bias)
-        if backend == "triton":
-            la, lb = la.to(torch.int32), lb.to(torch.int32)  # 32-bit ids: fewer registers in the kernels
-            stats = _kernels().rows(a, b, la, lb, sc, bi, siglip)
-        else:
-            stats = _rows_cpu(a, b, la, lb, sc, bi, siglip)
-        ctx.save_for_backward(a, b, la, lb, stats)
-        ctx.args = (kind, backend, eps, sc, bi)
-        return _row_losses(stats, b.shape[0], eps, siglip)
 
-    @staticmethod
-    def backward(ctx, g):
-        kind, backend, eps, sc, bi = ctx.args
-        a, b, la, lb, stats = ctx.saved_tensors
-        siglip = kind == "siglip"
-        w = g.float().contiguous()
-        if backend == "triton":
-            da, db, dss = _kernels().grads(a, b, la, lb, stats, w, sc, bi, eps, siglip)
-        else:
-            da, db, dss = _grads_cpu(a, b, la, lb, stats, w, sc, bi, eps, siglip)
-        dscale = dss[:, 0].sum() / sc if sc != 0 else dss[:, 0].sum() * 0
-        dbias = dss[:, 1].sum()
-        return None, None, None, da.to(a.dtype), db.to(b.dtype), None, None, dscale, dbias
+def _direction_backward(kind, backend, eps, g, a, b, la, lb, scale, bias, stats):
+    siglip = kind == "siglip"
+    w = g.float().contiguous()
+    if backend == "triton":
+        la, lb = la.to(torch.int32), lb.to(torch.int32)
+        da, db, dss = _kernels().grads(a, b, la, lb, stats, w, scale, bias, eps, siglip)
+    else:
+        da, db, dss = _grads_cpu(a, b, la, lb, stats, w, scale, bias, eps, siglip)
+    dscale = dss[:, 0].sum() / scale if scale != 0 else dss[:, 0].sum() * 0
+    return da.to(a.dtype), db.to(b.dtype), dscale.reshape(()), dss[:, 1].sum().reshape(())
+
+
+# One direction as a torch.library custom op (eager autograd and torch.compile both run it): per-row losses,
+# differentiable in A, B, scale and bias. scale and bias travel as 0-d tensors, read once on the host.
+@torch.library.custom_op("crossfuse::contrastive_direction", mutates_args=())
+def _direction_op(kind: str, backend: str, eps: float, a: torch.Tensor, b: torch.Tensor, la: torch.Tensor,
+                  lb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _direction_forward(kind, backend, eps, a, b, la, lb, float(scale), float(bias))
+
+
+@_direction_op.register_fake
+def _(kind, backend, eps, a, b, la, lb, scale, bias):
+    return a.new_empty((a.shape[0],), dtype=torch.float32), a.new_empty((a.shape[0], 4), dtype=torch.float32)
+
+
+@torch.library.custom_op("crossfuse::contrastive_direction_backward", mutates_args=())
+def _direction_backward_op(kind: str, backend: str, eps: float, g: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                           la: torch.Tensor, lb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                           stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _direction_backward(kind, backend, eps, g, a, b, la, lb, float(scale), float(bias), stats)
+
+
+@_direction_backward_op.register_fake
+def _(kind, backend, eps, g, a, b, la, lb, scale, bias, stats):
+    return torch.empty_like(a), torch.empty_like(b), scale.new_empty(()), scale.new_empty(())
+
+
+def _setup_context(ctx, inputs, output):
+    kind, backend, eps, a, b, la, lb, scale, bias = inputs
+    ctx.args = (kind, backend, eps)
+    ctx.save_for_backward(a, b, la, lb, scale, bias, output[1])
+
+
+def _backward(ctx, g, _dstats):
+    a, b, la, lb, scale, bias, stats = ctx.saved_tensors
+    da, db, dscale, dbias = _direction_backward_op(*ctx.args, g, a, b, la, lb, scale, bias, stats)
+    return None, None, None, da, db, None, None, dscale.to(scale.dtype), dbias.to(bias.dtype)
+
+
+_direction_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def direction_losses(kind, a, b, la, lb, scale, bias, eps, backend):
     """The per-row losses of one direction; scale / bias are 0-d fp32 tensors."""
-    return _Direction.apply(kind, backend, eps, a, b, la, lb, scale, bias)
+    return _direction_op(kind, backend, float(eps), a, b, la, lb, scale, bias)[0]
 
 
 def _as_scalar(op, name, v, device):

@@ -16,22 +16,44 @@ def _kernels():
     return importlib.import_module("crossfuse.kernels.reparameterize_kl")
 
 
-class _Fused(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mu, logvar, eps):
-        z = _backend.empty(mu.shape, dtype=mu.dtype, device=mu.device)
-        kl = _backend.empty(mu.shape[:1], dtype=torch.float32, device=mu.device)
-        _kernels().forward(mu, logvar, eps, z, kl)
-        ctx.save_for_backward(mu, logvar, eps)
-        return z, kl
+# Custom ops (eager autograd and torch.compile both run them).
+@torch.library.custom_op("crossfuse::reparameterize_kl", mutates_args=())
+def _fused(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    z = _backend.empty(mu.shape, dtype=mu.dtype, device=mu.device)
+    kl = _backend.empty(mu.shape[:1], dtype=torch.float32, device=mu.device)
+    _kernels().forward(mu, logvar, eps, z, kl)
+    return z, kl
 
-    @staticmethod
-    def backward(ctx, dz, dkl):
-        mu, logvar, eps = ctx.saved_tensors
-        dmu, dlv = torch.empty_like(mu), torch.empty_like(logvar)
-        dkl = torch.zeros(mu.shape[0], device=mu.device) if dkl is None else dkl.float().contiguous()
-        _kernels().backward(mu, logvar, eps, None if dz is None else dz.reshape(mu.shape), dkl, dmu, dlv)
-        return dmu, dlv, None
+
+@_fused.register_fake
+def _(mu, logvar, eps):
+    return torch.empty_like(mu), mu.new_empty(mu.shape[:1], dtype=torch.float32)
+
+
+@torch.library.custom_op("crossfuse::reparameterize_kl_backward", mutates_args=())
+def _fused_backward(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, dz: torch.Tensor,
+                    dkl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dmu, dlv = torch.empty_like(mu), torch.empty_like(logvar)
+    _kernels().backward(mu, logvar, eps, dz, dkl.float().contiguous(), dmu, dlv)
+    return dmu, dlv
+
+
+@_fused_backward.register_fake
+def _(mu, logvar, eps, dz, dkl):
+    return torch.empty_like(mu), torch.empty_like(logvar)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, dz, dkl):
+    mu, logvar, eps = ctx.saved_tensors
+    dmu, dlv = _fused_backward(mu, logvar, eps, dz, dkl)
+    return dmu, dlv, None
+
+
+_fused.register_autograd(_backward, setup_context=_setup_context)
 
 
 def reparameterize_kl(mu, logvar, noise=None, *, backend=None):
@@ -58,5 +80,5 @@ def reparameterize_kl(mu, logvar, noise=None, *, backend=None):
         return ref(mu, logvar, eps)
     lead, N = mu.shape[:-1], mu.shape[-1]
     flat = lambda t: t.reshape(-1, N) if t.stride(-1) == 1 else t.contiguous().reshape(-1, N)  # noqa: E731
-    z, kl = _Fused.apply(flat(mu), flat(logvar), flat(eps))
+    z, kl = _fused(flat(mu), flat(logvar), flat(eps))
     return z.reshape(mu.shape), kl.reshape(lead).to(mu.dtype)
