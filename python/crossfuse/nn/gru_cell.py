@@ -1,7 +1,7 @@
 import torch
 
-from crossfuse.nn._cell import check_input, params
-from crossfuse.ops.gru_cell import gru_cell
+from crossfuse.nn._cell import params
+from crossfuse.ops._cell import cell
 
 
 class GRUCell(torch.nn.GRUCell):
@@ -12,5 +12,4 @@ class GRUCell(torch.nn.GRUCell):
         self.backend = backend
 
     def forward(self, input, hx=None):
-        check_input(self, input, (hx,))
-        return gru_cell(input, hx, *params(self), backend=self.backend)
+        return cell("gru", input, hx, None, *params(self), self.backend, self)[0]

@@ -1,6 +1,7 @@
 import torch
 
 from crossfuse.nn._cell import check_input, params
+from crossfuse.ops._cell import cell
 from crossfuse.ops.lstm_cell import lstm_cell
 
 
@@ -12,5 +13,8 @@ class LSTMCell(torch.nn.LSTMCell):
         self.backend = backend
 
     def forward(self, input, hx=None):
-        check_input(self, input, () if hx is None else hx)
-        return lstm_cell(input, hx, *params(self), backend=self.backend)
+        if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            check_input(self, input, ())
+            return lstm_cell(input, hx, *params(self), backend=self.backend)  # raises the TypeError
+        h, c = (None, None) if hx is None else hx
+        return cell("lstm", input, h, c, *params(self), self.backend, self)

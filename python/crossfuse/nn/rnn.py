@@ -124,7 +124,7 @@ class _Layers(torch.nn.Module):
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
             unbatched = input.dim() == 2
             x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
-        T, B = x.shape[0], x.shape[1]
+        B = x.shape[1]
         D = 2 if self.bidirectional else 1
         h0, c0 = (hx if lstm else (hx, None)) if hx is not None else (None, None)
         if unbatched:

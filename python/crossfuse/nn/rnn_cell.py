@@ -1,7 +1,8 @@
 import torch
 
-from crossfuse.nn._cell import check_input, params
-from crossfuse.ops.rnn_cell import NONLINEARITIES, rnn_cell
+from crossfuse.nn._cell import params
+from crossfuse.ops._cell import cell
+from crossfuse.ops.rnn_cell import NONLINEARITIES
 
 
 class RNNCell(torch.nn.RNNCell):
@@ -15,6 +16,6 @@ class RNNCell(torch.nn.RNNCell):
         self.backend = backend
 
     def forward(self, input, hx=None):
-        check_input(self, input, (hx,))
-        return rnn_cell(input, hx, *params(self),
-                        nonlinearity=self.nonlinearity, backend=self.backend)
+        if self.nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"RNNCell: expected nonlinearity in {NONLINEARITIES}, got {self.nonlinearity!r}")
+        return cell("rnn_" + self.nonlinearity, input, hx, None, *params(self), self.backend, self)[0]

@@ -259,21 +259,33 @@ def _needs_grad(x, hx, cx, w_ih, w_hh, b_ih, b_hh):
         t is not None and t.requires_grad for t in (hx, cx, b_ih, b_hh)))
 
 
-def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
-    """Validates, picks the backend and runs one cell step. hx/cx may be None (zeros)."""
+def _fast(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend):
+    """((hy, cy) or None, the chosen backend or None): the single-call CPU step when the call takes it, tried
+    before any other check, since at small sizes every microsecond of Python shows."""
+    if type(input) is not torch.Tensor or not input.is_cpu or input.ndim != 2 or torch.compiler.is_compiling():
+        return None, None
+    chosen = _backend.choose(OP_OF[kind], input.device, backend)
+    if chosen != "cpu":
+        return None, chosen
+    try:
+        if _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+            return None, chosen
+        return _try_cpu_step(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh), chosen
+    except (AttributeError, TypeError, ValueError):
+        return None, chosen  # malformed arguments: the general path says what is wrong
+
+
+def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend, module=None):
+    """Validates, picks the backend and runs one cell step. hx/cx may be None (zeros). `module`: the calling
+    nn cell, whose torch.nn-style input checks run when the fast path does not take the call."""
     op = OP_OF[kind]
     compiling = torch.compiler.is_compiling()
-    chosen = None
-    if not compiling and type(input) is torch.Tensor and input.ndim == 2 and input.is_cpu:
-        chosen = _backend.choose(op, input.device, backend)
-        try:
-            out = None
-            if chosen == "cpu" and not _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
-                out = _try_cpu_step(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
-        except (AttributeError, TypeError, ValueError):
-            out = None  # malformed arguments: _validate below says what is wrong
-        if out is not None:
-            return out
+    out, chosen = _fast(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend)
+    if out is not None:
+        return out
+    if module is not None:
+        from crossfuse.nn._cell import check_input
+        check_input(module, input, [t for t in (hx, cx) if t is not None])
     unbatched = _validate(op, kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
     x = input
     if unbatched:
