@@ -11,6 +11,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 start=$(date +%s)
 timeout 240 pip install --no-build-isolation --no-deps -q . 2>&1 | tail -20 | tee "$OUT/build.log"
 python -m crossfuse info 2>&1 | tee "$OUT/info.txt"
-timeout 210 python -m pytest -q -ra -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -30
-timeout 120 python -m crossfuse.bench --quick --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40
+timeout 240 python -m pytest -q -ra -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu_tests.log" | tail -30
+timeout 90 python -m crossfuse.bench --quick --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -40
 echo "gpu_check done in $(( $(date +%s) - start )) s"
