@@ -79,7 +79,7 @@ def _row_losses(stats, Nb, eps, siglip):
     if siglip:
         return stats[:, 0].clone()  # not a view: a custom op's outputs must not alias
     pos = torch.where(stats[:, 2] > 0, stats[:, 1] / stats[:, 2].clamp_min(1), torch.zeros_like(stats[:, 1]))
-    return stats[:, 0] - (1 - eps) * pos - (eps / Nb) * stats[:, 3] if Nb else stats[:, 0]
+    return stats[:, 0] - (1 - eps) * pos - (eps / Nb) * stats[:, 3] if Nb else stats[:, 0].clone()
 
 
 def _direction_forward(kind, backend, eps, a, b, la, lb, scale, bias):
