@@ -60,63 +60,72 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
     return hs, cs, ws
 
 
-def layer_backward(kind, backend, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs, ws, lengths, reverse, need):
-    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)."""
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-    GH = GATES[kind] * H
-    dt = x.dtype
-    dgi = torch.zeros((T, B, GH), dtype=dt, device=x.device)
-    dgh = torch.zeros((T, B, GH), dtype=dt, device=x.device) if kind == "gru" else dgi
-    dh = dhT.to(dt) if dhT is not None else x.new_zeros(B, H)
-    dc = (dcT.to(dt) if dcT is not None else x.new_zeros(B, H)) if kind == "lstm" else None
-    zeros = x.new_zeros(B, H)
-    order = range(T) if reverse else reversed(range(T))
-    prev_of = (lambda t: t + 1) if reverse else (lambda t: t - 1)  # noqa: E731
+def _backward_steps_cpu(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh):
+    """The reverse-time loop in C++ (fp32); returns (dh0, dc0)."""
+    T, B, H = hs.shape
+    c = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    dh, dc = hs.new_empty(B, H), (hs.new_empty(B, H) if kind == "lstm" else None)
+    keep = [c(dout), c(dhT), c(dcT), c(h0), c(c0), c(w_hh), c(lengths)]
+    _backend.ext.cpu.rnn_sequence_backward(
+        KINDS[kind], T, B, H, *map(ptr, keep[:3]), hs.data_ptr(), ptr(cs), ptr(ws), *map(ptr, keep[3:]), reverse,
+        dgi.data_ptr(), ptr(dgh if kind == "gru" else None), dh.data_ptr(), ptr(dc))
+    return dh, dc
+
+
+def _backward_steps(kind, backend, dout, dhT, dcT, hprev, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh):
+    """The reverse-time loop over the backend's fused cell backward; returns (dh0, dc0)."""
+    T, B, H = hs.shape
+    dt = hs.dtype
+    dh = dhT.to(dt) if dhT is not None else hs.new_zeros(B, H)
+    dc = (dcT.to(dt) if dcT is not None else hs.new_zeros(B, H)) if kind == "lstm" else None
     first = T - 1 if reverse else 0
-    hprev_all = torch.empty_like(hs)
-    if backend == "cpu" and dt == torch.float32 and T * B * H:  # the reverse-time loop in C++
-        c = lambda t: None if t is None else t.contiguous()  # noqa: E731
-        ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-        dh, dc = x.new_empty(B, H), (x.new_empty(B, H) if kind == "lstm" else None)
-        keep = [c(dout), c(dhT), c(dcT), c(h0), c(c0), c(w_hh), None if lengths is None else c(lengths)]
-        _backend.ext.cpu.rnn_sequence_backward(
-            KINDS[kind], T, B, H, *map(ptr, keep[:3]), hs.data_ptr(), ptr(cs), ptr(ws), ptr(keep[3]), ptr(keep[4]),
-            ptr(keep[5]), ptr(keep[6]), reverse, dgi.data_ptr(), ptr(dgh if kind == "gru" else None), dh.data_ptr(),
-            ptr(dc))
-        h_first = h0 if h0 is not None else zeros
-        hprev_all = torch.cat([hs[1:], h_first[None]]) if reverse else torch.cat([h_first[None], hs[:-1]])
-        order = ()
-    for t in order:
-        p = prev_of(t)
-        h_prev = hs[p] if t != first else (h0 if h0 is not None else zeros)
-        c_prev = (cs[p] if t != first else (c0 if c0 is not None else zeros)) if kind == "lstm" else None
-        hprev_all[t] = h_prev
+    for t in (range(T) if reverse else reversed(range(T))):
+        c_prev = None
+        if kind == "lstm":
+            c_prev = cs[t + 1 if reverse else t - 1] if t != first else (c0 if c0 is not None else hs.new_zeros(B, H))
         on = None if lengths is None else (t < lengths)[:, None]
-        g = dout[t] if on is None else torch.where(on, dout[t], torch.zeros_like(dout[t]))
-        dh_t = dh + g
-        dhx_direct = torch.empty((B, H), dtype=dt, device=x.device) if kind == "gru" else None
-        dcx = torch.empty((B, H), dtype=dt, device=x.device) if kind == "lstm" else None
+        dh_t = dh + (dout[t] if on is None else torch.where(on, dout[t], torch.zeros_like(dout[t])))
+        dhx_direct = torch.empty((B, H), dtype=dt, device=hs.device) if kind == "gru" else None
+        dcx = torch.empty((B, H), dtype=dt, device=hs.device) if kind == "lstm" else None
         run_kernel(kind, backend, True, B, H, dt,
-                   {"dhy": dh_t, "dcy": dc, "hx": h_prev, "cx": c_prev, "hy": hs[t],
+                   {"dhy": dh_t, "dcy": dc, "hx": hprev[t], "cx": c_prev, "hy": hs[t],
                     "ws": None if ws is None else ws[t], "dgi": dgi[t], "dgh": dgh[t] if kind == "gru" else None,
                     "dhx": dhx_direct, "dcx": dcx})
-        if on is not None:
+        if on is not None:  # rows past their length: no gate gradient, the state gradient passes through
             dgi[t] = torch.where(on, dgi[t], torch.zeros_like(dgi[t]))
             if kind == "gru":
                 dgh[t] = torch.where(on, dgh[t], torch.zeros_like(dgh[t]))
         dh_new = torch.mm(dgh[t], w_hh)
         if dhx_direct is not None:
             dh_new = dh_new + dhx_direct
-        if on is not None:  # rows past their length pass the gradient through unchanged
+        if on is not None:
             dh_new = torch.where(on, dh_new, dh_t)
             if dc is not None:
                 dcx = torch.where(on, dcx, dc)
         dh, dc = dh_new, dcx
+    return dh, dc
+
+
+def layer_backward(kind, backend, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs, ws, lengths, reverse, need):
+    """Gradients (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh): the reverse-time loop gives the gate gradients,
+    then one large GEMM per weight gradient."""
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    GH = GATES[kind] * H
+    dgi = torch.empty((T, B, GH), dtype=x.dtype, device=x.device)
+    dgh = torch.empty((T, B, GH), dtype=x.dtype, device=x.device) if kind == "gru" else dgi
+    h_first = (h0 if h0 is not None else x.new_zeros(B, H))[None]
+    hprev = torch.cat([hs[1:], h_first]) if reverse else torch.cat([h_first, hs[:-1]])  # the state before step t
+    if backend == "cpu" and x.dtype == torch.float32 and T * B * H:
+        dh, dc = _backward_steps_cpu(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh)
+    else:
+        dh, dc = _backward_steps(kind, backend, dout, dhT, dcT, hprev, c0, w_hh, hs, cs, ws, lengths, reverse,
+                                 dgi, dgh)
     flat = lambda t: t.reshape(T * B, -1)  # noqa: E731
     dx = torch.mm(flat(dgi), w_ih).view(T, B, -1) if need[0] else None
     dw_ih = torch.mm(flat(dgi).t(), flat(x)) if need[3] else None
-    dw_hh = torch.mm(flat(dgh).t(), flat(hprev_all)) if need[4] else None
+    dw_hh = torch.mm(flat(dgh).t(), flat(hprev)) if need[4] else None
     db_ih = dgi.sum((0, 1)) if need[5] else None
     db_hh = dgh.sum((0, 1)) if need[6] else None
     return dx, dh if need[1] else None, dc if need[2] else None, dw_ih, dw_hh, db_ih, db_hh
@@ -227,6 +236,8 @@ def _check(op, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
     if x.dim() != 3:
         raise ValueError(f"{op}: expected input of shape (seq_len, batch, input_size), got {tuple(x.shape)}")
     T, B, I = x.shape
+    if T == 0:  # as torch.nn's layers: there is no final state of an empty sequence
+        raise ValueError(f"{op}: expected a sequence length of at least 1, got input of shape {tuple(x.shape)}")
     if not isinstance(w_hh, torch.Tensor) or w_hh.dim() != 2:
         raise ValueError(f"{op}: expected w_hh to be a 2-D tensor (gates*hidden_size, hidden_size)")
     H = w_hh.shape[1]
