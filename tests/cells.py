@@ -4,7 +4,7 @@ import torch
 
 import crossfuse
 from crossfuse import reference
-from harness import FLOOR, assert_within_rule, backend_cases, leaf_like, strided
+from harness import FLOOR, assert_within_rule, backend_cases, leaf_like, relu_kink_allowance, strided
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_sigmoid": 1, "lstm": 4, "gru": 3}
 # (B, I, H, variant): zero batch, size one, odd and prime sizes; variants: plain, no bias, zero state, strided.
@@ -67,8 +67,11 @@ def check_cell(kind, backend, device, dtype, B, I, H, variant):
     out, g = grads(kind, crossfuse.ops, t, cot, backend=backend)
     for i in range(n_out):
         assert_within_rule(f"out{i}", out[i], low_out[i], ref_out[i], dtype)
+    allow = {name: None for name in ref_g}
+    if kind == "rnn_relu":
+        allow = relu_kink_allowance(lambda: grads(kind, reference, t64, cot)[1], ref_g, dtype)
     for name in ref_g:
-        assert_within_rule(f"d{name}", g[name], low_g[name], ref_g[name], dtype)
+        assert_within_rule(f"d{name}", g[name], low_g[name], ref_g[name], dtype, allow[name])
     # The no-grad path (no workspace; on CPU at small B*H the single-call step with its own GEMVs).
     with torch.no_grad():
         fast = call(kind, crossfuse.ops, t, backend=backend)

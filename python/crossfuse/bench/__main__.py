@@ -23,7 +23,7 @@ def main(argv=None):
     for op in args.op or OPS:
         mod = importlib.import_module(f"crossfuse.bench.{op}")
         rows += run_cases(mod.cases(device, args.quick), device, args.quick)
-    paths = write_results(rows, device, args.out, args.quick)
+        paths = write_results(rows, device, args.out, args.quick)  # after each op: a time limit keeps what ran
     print()
     print(markdown(rows, device_name(device), {}))
     print("wrote " + ", ".join(paths))

@@ -1,6 +1,9 @@
 """Naive PyTorch Elman cell: h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh). The oracle for rnn_cell."""
 import torch
 
+# Module-level so a test can swap an activation (tests/harness.py relu_kink_allowance).
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}
+
 
 def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     if hx is None:
@@ -10,5 +13,4 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
         pre = pre + b_ih
     if b_hh is not None:
         pre = pre + b_hh
-    act = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid}[nonlinearity]
-    return act(pre)
+    return ACTIVATIONS[nonlinearity](pre)
