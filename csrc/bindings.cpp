@@ -5,6 +5,7 @@
 #include <vector>
 #include "crossfuse/cell.h"
 #include "crossfuse/cell_cpu_small.h"
+#include "crossfuse/fusions_cpu.h"
 #include "crossfuse/rnn_cpu.h"
 
 #ifdef CROSSFUSE_WITH_CUDA
@@ -119,6 +120,28 @@ PYBIND11_MODULE(_C, m) {
     if (T * B * H == 0) return;
     py::gil_scoped_release nogil;
     rnn_sequence_cpu(s);
+  });
+  // Product pooling (crossfuse/fusions_cpu.h): sizes, flags, then pointers u0, u1, v0, v1, z, dz, du0, du1, dv0,
+  // dv1 (0 = absent; v0/v1 only for a second stage; z for the forward, dz and du/dv for the backward).
+  cpu.def("product_pool", [](int64_t G, int64_t N, int64_t S, int64_t R, int64_t rep0, int64_t rep1,
+                             bool rank_major, bool relu, bool backward, const std::vector<uintptr_t>& p) {
+    if (p.size() != 10) throw std::invalid_argument("product_pool: expected 10 pointers");
+    if (G < 0 || N < 0 || S < 0 || R < 0 || rep0 < 1 || rep1 < 1 || (rep0 > 1 && rep1 > 1) ||
+        (N % rep0) || (N % rep1))
+      throw std::invalid_argument("product_pool: bad sizes");
+    PoolArgs a;
+    a.G = G; a.N = N; a.S = S; a.R = R; a.rep0 = rep0; a.rep1 = rep1; a.rank_major = rank_major; a.relu = relu;
+    auto c = [](uintptr_t q) { return reinterpret_cast<const float*>(q); };
+    auto w = [](uintptr_t q) { return reinterpret_cast<float*>(q); };
+    a.u0 = c(p[0]); a.u1 = c(p[1]); a.v0 = c(p[2]); a.v1 = c(p[3]); a.z = w(p[4]); a.dz = c(p[5]);
+    a.du0 = w(p[6]); a.du1 = w(p[7]); a.dv0 = w(p[8]); a.dv1 = w(p[9]);
+    const bool two = a.v0 != nullptr;
+    if (G * N * S * R == 0) return;
+    if (!a.u0 || !a.u1 || (two && !a.v1) || (!backward && !a.z) ||
+        (backward && (!a.dz || !a.du0 || !a.du1 || (two && (!a.dv0 || !a.dv1)))))
+      throw std::invalid_argument("product_pool: missing pointer");
+    py::gil_scoped_release nogil;
+    product_pool_cpu(a, backward);
   });
   // Its backward: pointers as named in crossfuse/rnn_cpu.h SeqBwdArgs, all fp32 and contiguous, 0 = absent.
   cpu.def("rnn_sequence_backward", [](int kind, int64_t T, int64_t B, int64_t H, uintptr_t dout, uintptr_t dhT,

@@ -1,0 +1,130 @@
+// Product pooling on CPU, fp32: the pointwise part of Block / Mutan / MFB / MFH around torch's batched GEMMs
+// (kernels/fusions.py has the math). Projections U are (G, N_side, R*S), contiguous, before the activation;
+// output row n reads side-0 row n / rep0 and side-1 row n / rep1 (one side may be broadcast over regions).
+// One pass over the projections each way: the forward never writes the (N, R*S) product, the backward writes
+// dU once, with the broadcast side's rows summed over their regions on the spot.
+#include "crossfuse/fusions_cpu.h"
+
+#include <algorithm>
+
+namespace crossfuse {
+namespace {
+
+template <bool RELU>
+inline float act(float u) { return RELU ? (u > 0.f ? u : 0.f) : u; }
+template <bool RELU>
+inline float gate(float u, float d) { return RELU ? (u > 0.f ? d : 0.f) : d; }
+
+template <bool RM, bool RELU, bool TWO>
+void pool_fwd(const PoolArgs& a) {
+  const int64_t G = a.G, N = a.N, S = a.S, R = a.R, RS = R * S, P = TWO ? 2 : 1;
+  const int64_t N0 = N / a.rep0, N1 = N / a.rep1;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t n = 0; n < N; ++n) {
+      const float* __restrict u0 = a.u0 + (g * N0 + n / a.rep0) * RS;
+      const float* __restrict u1 = a.u1 + (g * N1 + n / a.rep1) * RS;
+      const float* __restrict v0 = TWO ? a.v0 + (g * N0 + n / a.rep0) * RS : nullptr;
+      const float* __restrict v1 = TWO ? a.v1 + (g * N1 + n / a.rep1) * RS : nullptr;
+      float* __restrict z = a.z + n * P * G * S + g * S;
+      float* __restrict z2 = z + G * S;
+      std::fill(z, z + S, 0.f);
+      if (TWO) std::fill(z2, z2 + S, 0.f);
+      if (RM) {  // row(r, j) = r*S + j: the inner loop runs along j, unit stride
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t o = r * S;
+          for (int64_t j = 0; j < S; ++j) {
+            const float p = act<RELU>(u0[o + j]) * act<RELU>(u1[o + j]);
+            z[j] += p;
+            if (TWO) z2[j] += act<RELU>(v0[o + j]) * act<RELU>(v1[o + j]) * p;
+          }
+        }
+      } else {  // row(r, j) = j*R + r: each output sums R neighbours
+        for (int64_t j = 0; j < S; ++j) {
+          float s = 0.f, s2 = 0.f;
+          for (int64_t r = 0; r < R; ++r) {
+            const int64_t i = j * R + r;
+            const float p = act<RELU>(u0[i]) * act<RELU>(u1[i]);
+            s += p;
+            if (TWO) s2 += act<RELU>(v0[i]) * act<RELU>(v1[i]) * p;
+          }
+          z[j] = s;
+          if (TWO) z2[j] = s2;
+        }
+      }
+    }
+}
+
+// BC: which side is broadcast (0 or 1; -1 none). Its dU row collects the sum over the rep rows that read it.
+template <bool RM, bool RELU, bool TWO, int BC>
+void pool_bwd(const PoolArgs& a) {
+  const int64_t G = a.G, N = a.N, S = a.S, R = a.R, RS = R * S, P = TWO ? 2 : 1;
+  const int64_t rep = std::max(a.rep0, a.rep1), outer = N / rep;
+  const int64_t N0 = N / a.rep0, N1 = N / a.rep1;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t o = 0; o < outer; ++o) {
+      if (BC == 0) {
+        std::fill(a.du0 + (g * N0 + o) * RS, a.du0 + (g * N0 + o + 1) * RS, 0.f);
+        if (TWO) std::fill(a.dv0 + (g * N0 + o) * RS, a.dv0 + (g * N0 + o + 1) * RS, 0.f);
+      } else if (BC == 1) {
+        std::fill(a.du1 + (g * N1 + o) * RS, a.du1 + (g * N1 + o + 1) * RS, 0.f);
+        if (TWO) std::fill(a.dv1 + (g * N1 + o) * RS, a.dv1 + (g * N1 + o + 1) * RS, 0.f);
+      }
+      for (int64_t t = 0; t < rep; ++t) {
+        const int64_t n = o * rep + t, i0 = (g * N0 + n / a.rep0) * RS, i1 = (g * N1 + n / a.rep1) * RS;
+        const float* __restrict u0 = a.u0 + i0;
+        const float* __restrict u1 = a.u1 + i1;
+        const float* __restrict v0 = TWO ? a.v0 + i0 : nullptr;
+        const float* __restrict v1 = TWO ? a.v1 + i1 : nullptr;
+        float* __restrict du0 = a.du0 + i0;
+        float* __restrict du1 = a.du1 + i1;
+        float* __restrict dv0 = TWO ? a.dv0 + i0 : nullptr;
+        float* __restrict dv1 = TWO ? a.dv1 + i1 : nullptr;
+        const float* __restrict dz = a.dz + n * P * G * S + g * S;
+        const float* __restrict dz2 = dz + G * S;
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t j = 0; j < S; ++j) {
+            const int64_t i = RM ? r * S + j : j * R + r;
+            const float a0 = act<RELU>(u0[i]), a1 = act<RELU>(u1[i]);
+            float dp = dz[j];
+            if (TWO) {
+              const float c0 = act<RELU>(v0[i]), c1 = act<RELU>(v1[i]), dq = dz2[j] * a0 * a1;
+              dp += dz2[j] * c0 * c1;
+              const float e0 = gate<RELU>(v0[i], dq * c1), e1 = gate<RELU>(v1[i], dq * c0);
+              if (BC == 0) dv0[i] += e0; else dv0[i] = e0;
+              if (BC == 1) dv1[i] += e1; else dv1[i] = e1;
+            }
+            const float d0 = gate<RELU>(u0[i], dp * a1), d1 = gate<RELU>(u1[i], dp * a0);
+            if (BC == 0) du0[i] += d0; else du0[i] = d0;
+            if (BC == 1) du1[i] += d1; else du1[i] = d1;
+          }
+      }
+    }
+}
+
+template <bool RM, bool RELU, bool TWO>
+void pool_bwd_bc(const PoolArgs& a) {
+  if (a.rep0 > 1) pool_bwd<RM, RELU, TWO, 0>(a);
+  else if (a.rep1 > 1) pool_bwd<RM, RELU, TWO, 1>(a);
+  else pool_bwd<RM, RELU, TWO, -1>(a);
+}
+
+}  // namespace
+
+void product_pool_cpu(const PoolArgs& a, bool backward) {
+  const bool two = a.v0 != nullptr;
+#define CF_POOL(RM, RELU, TWO) \
+  return backward ? pool_bwd_bc<RM, RELU, TWO>(a) : pool_fwd<RM, RELU, TWO>(a)
+  if (a.rank_major) {
+    if (a.relu) { if (two) CF_POOL(true, true, true); CF_POOL(true, true, false); }
+    if (two) CF_POOL(true, false, true);
+    CF_POOL(true, false, false);
+  }
+  if (a.relu) { if (two) CF_POOL(false, true, true); CF_POOL(false, true, false); }
+  if (two) CF_POOL(false, false, true);
+  CF_POOL(false, false, false);
+#undef CF_POOL
+}
+
+}  // namespace crossfuse

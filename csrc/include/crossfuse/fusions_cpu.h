@@ -1,0 +1,19 @@
+// Product pooling on CPU (csrc/cpu/fusions.cpp): the arguments Python passes, fp32, contiguous.
+#pragma once
+#include <cstdint>
+
+namespace crossfuse {
+
+struct PoolArgs {
+  int64_t G = 0, N = 0, S = 0, R = 0, rep0 = 1, rep1 = 1;
+  bool rank_major = true, relu = false;
+  const float *u0 = nullptr, *u1 = nullptr;  // (G, N / rep, R*S) pre-activation projections
+  const float *v0 = nullptr, *v1 = nullptr;  // MFH's second stage, or null
+  float* z = nullptr;                        // forward: (N, P*G*S), P = 2 with a second stage
+  const float* dz = nullptr;                 // backward: like z
+  float *du0 = nullptr, *du1 = nullptr, *dv0 = nullptr, *dv1 = nullptr;  // backward: like u0 ... v1
+};
+
+void product_pool_cpu(const PoolArgs& a, bool backward);
+
+}  // namespace crossfuse

@@ -1,0 +1,212 @@
+"""Product pooling, the core of Block, Mutan, MFB and MFH, as one grouped GEMM with the pooling in its epilogue.
+
+For group g (a Block chunk; Mutan and MFB have one), rank index r and output column j, with n the output row:
+    u0 = x0[n // REP0, g*K0:(g+1)*K0] . W0[g, row(r, j)] + b0[g, row(r, j)]      (u1 likewise from x1, W1, b1)
+    z[n, g*S + j] = sum_r act(u0) * act(u1)
+row(r, j) = r*S + j ("rank-major": Block and Mutan view the projection as (rank, S)) or j*R + r (MFB and MFH view
+it as (S, factor)). TWO adds MFH's second stage from V0/V1 (biases C0/C1):
+    z[n, G*S + g*S + j] = sum_r act(v0) * act(v1) * act(u0) * act(u1).
+The (rows, R*S) projections never reach memory in the forward. The backward kernel recomputes them tile by tile
+and writes dU = dL/du for each projection, (G, N, R*S), from which torch's batched GEMMs give dx, dW and db.
+"""
+import inspect
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from crossfuse.kernels._common import store  # rounds to nearest even for bf16 (the interpreter truncates)
+
+_TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+BLOCK_K = 32
+# (BLOCK_M, num_warps, num_stages) per (dtype is fp32, two stages); BLOCK_J is 32 or 64, whichever wastes less.
+CONFIGS = {(False, False): (64, 4, 2), (False, True): (32, 4, 2), (True, False): (32, 4, 2), (True, True): (32, 4, 1)}
+
+
+@triton.jit
+def _proj(X, s_x, xrows, mrows, W, wrows, mcols, K, DOT_F32: tl.constexpr, PREC: tl.constexpr,
+          BM: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr):
+    """(BM, BJ) fp32: X[xrows, k] . W[wrows, k] summed over k < K (X's columns and W's rows unit-stride)."""
+    acc = tl.zeros((BM, BJ), tl.float32)
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        mk = ks < K
+        x = tl.load(X + xrows[:, None] * s_x + ks[None, :], mask=mrows[:, None] & mk[None, :], other=0.0)
+        w = tl.load(W + wrows[None, :] * K + ks[:, None], mask=mk[:, None] & mcols[None, :], other=0.0)
+        if DOT_F32:  # the interpreter multiplies bf16 dot operands as raw bits (triton#11584)
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        acc += tl.dot(x, w, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _act(u, RELU: tl.constexpr):
+    if RELU:
+        return tl.maximum(u, 0.0)
+    else:
+        return u
+
+
+@triton.jit
+def _both(X0, X1, W0, B0, W1, B1, g, RS, r0, r1, mn, wrows, mj, s_x0, s_x1, K0, K1, HAS_B: tl.constexpr,
+          DOT_F32: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr):
+    """The pre-activations (u0, u1) of one rank index for this tile."""
+    u0 = _proj(X0 + g * K0, s_x0, r0, mn, W0 + g * RS * K0, wrows, mj, K0, DOT_F32, PREC, BM, BJ, BK)
+    u1 = _proj(X1 + g * K1, s_x1, r1, mn, W1 + g * RS * K1, wrows, mj, K1, DOT_F32, PREC, BM, BJ, BK)
+    if HAS_B:
+        u0 += tl.load(B0 + g * RS + wrows, mask=mj, other=0.0).to(tl.float32)[None, :]
+        u1 += tl.load(B1 + g * RS + wrows, mask=mj, other=0.0).to(tl.float32)[None, :]
+    return u0, u1
+
+
+@triton.jit
+def _tile(N, G, S, R, REP0, REP1, BM: tl.constexpr, BJ: tl.constexpr):
+    pid = tl.program_id(1)
+    n_j = tl.cdiv(S, BJ)
+    g = (pid // n_j).to(tl.int64)
+    n = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
+    j = (pid % n_j) * BJ + tl.arange(0, BJ)
+    return g, n, n < N, n // REP0, n // REP1, j, j < S
+
+
+@triton.jit
+def _pool_fwd_kernel(X0, X1, W0, B0, W1, B1, V0, C0, V1, C1, Z, N, G, S, R, K0, K1, REP0, REP1, s_x0, s_x1, s_z,
+                     HAS_B: tl.constexpr, TWO: tl.constexpr, RANK_MAJOR: tl.constexpr, RELU: tl.constexpr,
+                     DOT_F32: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BJ: tl.constexpr,
+                     BK: tl.constexpr):
+    g, n, mn, r0, r1, j, mj = _tile(N, G, S, R, REP0, REP1, BM, BJ)
+    RS = R * S
+    z = tl.zeros((BM, BJ), tl.float32)
+    z2 = tl.zeros((BM, BJ), tl.float32)
+    for r in range(R):
+        wrows = r * S + j if RANK_MAJOR else j * R + r
+        u0, u1 = _both(X0, X1, W0, B0, W1, B1, g, RS, r0, r1, mn, wrows, mj, s_x0, s_x1, K0, K1, HAS_B, DOT_F32,
+                       PREC, BM, BJ, BK)
+        p = _act(u0, RELU) * _act(u1, RELU)
+        z += p
+        if TWO:
+            v0, v1 = _both(X0, X1, V0, C0, V1, C1, g, RS, r0, r1, mn, wrows, mj, s_x0, s_x1, K0, K1, HAS_B, DOT_F32,
+                           PREC, BM, BJ, BK)
+            z2 += _act(v0, RELU) * _act(v1, RELU) * p
+    m2 = mn[:, None] & mj[None, :]
+    store(Z, s_z, 1, n[:, None], (g * S + j)[None, :], m2, z)
+    if TWO:
+        store(Z, s_z, 1, n[:, None], (G * S + g * S + j)[None, :], m2, z2)
+
+
+@triton.jit
+def _pool_bwd_kernel(X0, X1, W0, B0, W1, B1, V0, C0, V1, C1, DZ, DU0, DU1, DV0, DV1, N, G, S, R, K0, K1, REP0,
+                     REP1, s_x0, s_x1, s_dz, HAS_B: tl.constexpr, TWO: tl.constexpr, RANK_MAJOR: tl.constexpr,
+                     RELU: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr,
+                     BJ: tl.constexpr, BK: tl.constexpr):
+    g, n, mn, r0, r1, j, mj = _tile(N, G, S, R, REP0, REP1, BM, BJ)
+    RS = R * S
+    m2 = mn[:, None] & mj[None, :]
+    dz = tl.load(DZ + n[:, None] * s_dz + (g * S + j)[None, :], mask=m2, other=0.0).to(tl.float32)
+    dz2 = dz
+    if TWO:
+        dz2 = tl.load(DZ + n[:, None] * s_dz + (G * S + g * S + j)[None, :], mask=m2, other=0.0).to(tl.float32)
+    out = g * N * RS + n[:, None] * RS  # dU rows: (G, N, R*S)
+    for r in range(R):
+        wrows = r * S + j if RANK_MAJOR else j * R + r
+        u0, u1 = _both(X0, X1, W0, B0, W1, B1, g, RS, r0, r1, mn, wrows, mj, s_x0, s_x1, K0, K1, HAS_B, DOT_F32,
+                       PREC, BM, BJ, BK)
+        a0 = _act(u0, RELU)
+        a1 = _act(u1, RELU)
+        dp = dz
+        if TWO:
+            v0, v1 = _both(X0, X1, V0, C0, V1, C1, g, RS, r0, r1, mn, wrows, mj, s_x0, s_x1, K0, K1, HAS_B, DOT_F32,
+                           PREC, BM, BJ, BK)
+            c0 = _act(v0, RELU)
+            c1 = _act(v1, RELU)
+            dp = dz + dz2 * c0 * c1
+            dq = dz2 * a0 * a1
+            dv0 = dq * c1
+            dv1 = dq * c0
+            if RELU:
+                dv0 = tl.where(v0 > 0, dv0, 0.0)
+                dv1 = tl.where(v1 > 0, dv1, 0.0)
+            store(DV0 + out, 1, 1, 0, wrows[None, :], m2, dv0)
+            store(DV1 + out, 1, 1, 0, wrows[None, :], m2, dv1)
+        du0 = dp * a1
+        du1 = dp * a0
+        if RELU:
+            du0 = tl.where(u0 > 0, du0, 0.0)
+            du1 = tl.where(u1 > 0, du1, 0.0)
+        store(DU0 + out, 1, 1, 0, wrows[None, :], m2, du0)
+        store(DU1 + out, 1, 1, 0, wrows[None, :], m2, du1)
+
+
+# ---- launchers ------------------------------------------------------------------------------------------
+def _flags(dtype):
+    interp = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    tf32 = dtype == torch.float32 and not interp and torch.backends.cuda.matmul.allow_tf32
+    return dict(DOT_F32=interp and dtype == torch.bfloat16, PREC="tf32" if tf32 else "ieee")
+
+
+def block_j(S):
+    return 32 if 0 < S % 64 <= 32 else 64
+
+
+def config(dtype, two):
+    return CONFIGS[(dtype == torch.float32, bool(two))]
+
+
+def _common(x0, x1, w0, v0, S, R, rank_major, relu, has_b):
+    N, G = max(x0.shape[0], x1.shape[0]), w0.shape[0]
+    BM, warps, stages = config(x0.dtype, v0 is not None)
+    BJ = block_j(S)
+    grid = (triton.cdiv(N, BM), G * triton.cdiv(S, BJ))
+    meta = dict(HAS_B=has_b, TWO=v0 is not None, RANK_MAJOR=rank_major, RELU=relu, **_flags(x0.dtype), BM=BM,
+                BJ=BJ, BK=BLOCK_K, num_warps=warps, num_stages=stages)
+    return N, grid, meta
+
+
+def forward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, z, S, R, rank_major, relu):
+    """z (N, P*G*S) <- product pooling; x rows and all weights unit-stride in their last dimension, weights and
+    biases contiguous (G, R*S, K) / (G, R*S)."""
+    N, grid, meta = _common(x0, x1, w0, v0, S, R, rank_major, relu, b0 is not None)
+    if N == 0 or S == 0:
+        return
+    K0, K1 = w0.shape[2], w1.shape[2]
+    d = w0  # stands in for absent pointers (never read: HAS_B / TWO are off)
+    _pool_fwd_kernel[grid](x0, x1, w0, b0 if b0 is not None else d, w1, b1 if b1 is not None else d,
+                           v0 if v0 is not None else d, c0 if c0 is not None else d, v1 if v1 is not None else d,
+                           c1 if c1 is not None else d, z, N, w0.shape[0], S, R, K0, K1, N // x0.shape[0], N // x1.shape[0],
+                           x0.stride(0), x1.stride(0), z.stride(0), **meta)
+
+
+def backward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, dz, du0, du1, dv0, dv1, S, R, rank_major, relu):
+    """dU buffers (G, N, R*S) <- the gradients of the projections' pre-activations (recomputed here)."""
+    N, grid, meta = _common(x0, x1, w0, v0, S, R, rank_major, relu, b0 is not None)
+    if N == 0 or S == 0:
+        return
+    K0, K1 = w0.shape[2], w1.shape[2]
+    d = w0
+    _pool_bwd_kernel[grid](x0, x1, w0, b0 if b0 is not None else d, w1, b1 if b1 is not None else d,
+                           v0 if v0 is not None else d, c0 if c0 is not None else d, v1 if v1 is not None else d,
+                           c1 if c1 is not None else d, dz, du0, du1, dv0 if dv0 is not None else du0,
+                           dv1 if dv1 is not None else du1, N, w0.shape[0], S, R, K0, K1, N // x0.shape[0], N // x1.shape[0],
+                           x0.stride(0), x1.stride(0), dz.stride(0), **meta)
+
+
+def _aot_specs():
+    specs = []
+    for dtype, t in _TL.items():
+        for two in (False, True):
+            BM, warps, stages = config(dtype, two)
+            for BJ in (32, 64):
+                for name, kernel in (("product_pool_fwd", _pool_fwd_kernel), ("product_pool_bwd", _pool_bwd_kernel)):
+                    const = dict(HAS_B=True, TWO=two, RANK_MAJOR=True, RELU=True, DOT_F32=False, PREC="ieee", BM=BM,
+                                 BJ=BJ, BK=BLOCK_K)
+                    sig = {p: "constexpr" if p in const else ("*" + t) if p[0] in "XWBVCZD" and p not in ("DOT_F32",)
+                           else "i32" for p in inspect.signature(kernel.fn).parameters}
+                    specs.append(dict(name=name, kernel=kernel, signature=sig, constexprs=const, num_warps=warps,
+                                      num_stages=stages, config=f"{str(dtype)[6:]} {'two-stage' if two else 'one-stage'}"
+                                                                f" {BM}x{BJ}x{BLOCK_K} w{warps} s{stages}"))
+    return specs
+
+
+AOT_SPECS = _aot_specs()

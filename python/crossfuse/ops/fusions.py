@@ -1,0 +1,312 @@
+"""Fusion operators' kernels: product pooling (the core of Block, Mutan, MFB and MFH), the signed square root with
+L2 normalisation around it, and compact bilinear pooling (MCB).
+
+product_pool, with G groups of S outputs, rank (or factor) R and weights (G, R*S, K):
+    z[n, g*S + j] = sum_r act(x0[n0] W0[g, row(r, j)] + b0) * act(x1[n1] W1[g, row(r, j)] + b1)
+over the group's K input columns, row(r, j) = r*S + j (rank_major) or j*R + r. A second stage (MFH) adds
+    z[n, (G + g)*S + j] = sum_r act(x0 V0 + c0) * act(x1 V1 + c1) * act(x0 W0 + b0) * act(x1 W1 + b1).
+Backends: `triton` (one kernel; the (rows, R*S) projections never reach memory in the forward, and nothing of
+that size is kept for the backward, which recomputes them), `cpu` (torch's batched GEMMs for the projections, one
+C++ pass for the pooling each way), `reference` (plain torch).
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+
+from crossfuse import _backend
+
+OP = "product_pool"
+_backend.register_op(OP, ("reference", "triton", "cpu"))
+ACTIVATIONS = (None, "relu")
+
+
+def _kernels():
+    return importlib.import_module("crossfuse.kernels.fusions")
+
+
+def _project(x, w, b):
+    """(G, rows, R*S): x (rows, G*K) against w (G, R*S, K), plus b (G, R*S)."""
+    G, _, K = w.shape
+    xg = x.reshape(x.shape[0], G, K).transpose(0, 1)
+    wt = w.transpose(1, 2)
+    return torch.bmm(xg, wt) if b is None else torch.baddbmm(b.unsqueeze(1), xg, wt)
+
+
+def _input_grads(x, w, du, need_x, need_w, need_b):
+    """dx (rows, G*K), dw (G, R*S, K), db (G, R*S) of u = x w^T + b, from du (G, rows, R*S)."""
+    G, _, K = w.shape
+    dx = torch.bmm(du, w).transpose(0, 1).reshape(x.shape[0], G * K) if need_x else None
+    dw = torch.bmm(du.transpose(1, 2), x.reshape(x.shape[0], G, K).transpose(0, 1)) if need_w else None
+    db = du.sum(1) if need_b else None
+    return dx, dw, db
+
+
+def _reps(x0, x1):
+    N = max(x0.shape[0], x1.shape[0])
+    return N, N // max(x0.shape[0], 1), N // max(x1.shape[0], 1)
+
+
+# ---- the cpu path: torch's GEMMs for the projections, the pooling in one C++ pass ----------------------------
+def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
+    f32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
+    x0, x1 = f32(x0), f32(x1)
+    us = [_project(x0, f32(w0), f32(b0)), _project(x1, f32(w1), f32(b1))]
+    if v0 is not None:
+        us += [_project(x0, f32(v0), f32(c0)), _project(x1, f32(v1), f32(c1))]
+    G, RS = w0.shape[0], w0.shape[1]
+    S = RS // R if R else 0
+    N, rep0, rep1 = _reps(x0, x1)
+    z = torch.empty((N, (2 if v0 is not None else 1) * G * S), dtype=torch.float32, device=x0.device)
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    p = [ptr(us[0]), ptr(us[1]), ptr(us[2] if v0 is not None else None), ptr(us[3] if v0 is not None else None),
+         z.data_ptr(), 0, 0, 0, 0, 0]
+    _backend.ext.cpu.product_pool(G, N, S, R, rep0, rep1, rank_major, relu, False, p)
+    return z, us
+
+
+def _backward_cpu(dz, us, R, rank_major, relu):
+    G, _, RS = us[0].shape
+    S = RS // R if R else 0
+    N = dz.shape[0]
+    rep0, rep1 = N // max(us[0].shape[1], 1), N // max(us[1].shape[1], 1)
+    dz = dz.float().contiguous()
+    dus = [torch.empty_like(u) for u in us]
+    ptr = lambda i, t: t[i].data_ptr() if i < len(t) else 0  # noqa: E731
+    p = [ptr(0, us), ptr(1, us), ptr(2, us), ptr(3, us), 0, dz.data_ptr(), ptr(0, dus), ptr(1, dus), ptr(2, dus),
+         ptr(3, dus)]
+    _backend.ext.cpu.product_pool(G, N, S, R, rep0, rep1, rank_major, relu, True, p)
+    return dus
+
+
+# ---- the triton path ----------------------------------------------------------------------------------------
+def _forward_triton(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
+    G, RS = w0.shape[0], w0.shape[1]
+    S = RS // R if R else 0
+    N = max(x0.shape[0], x1.shape[0])
+    z = _backend.empty((N, (2 if v0 is not None else 1) * G * S), dtype=x0.dtype, device=x0.device)
+    _kernels().forward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, z, S, R, rank_major, relu)
+    return z
+
+
+def _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
+    G, RS = w0.shape[0], w0.shape[1]
+    N, rep0, rep1 = _reps(x0, x1)
+    new = lambda: _backend.empty((G, N, RS), dtype=x0.dtype, device=x0.device)  # noqa: E731
+    dus = [new(), new()] + ([new(), new()] if v0 is not None else [])
+    dz = dz.to(x0.dtype)
+    if dz.stride(-1) != 1:
+        dz = dz.contiguous()
+    _kernels().backward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, dz, *dus, *([None, None] if v0 is None else []),
+                        RS // R if R else 0, R, rank_major, relu)
+    # The broadcast side's rows: the sum over the rows that read each (fp32 accumulation).
+    for i, rep in ((0, rep0), (1, rep1)):
+        if rep > 1:
+            for k in range(i, len(dus), 2):
+                dus[k] = dus[k].view(G, N // rep, rep, RS).sum(2, dtype=torch.float32).to(x0.dtype)
+    return dus
+
+
+# ---- the custom ops ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("crossfuse::product_pool", mutates_args=())
+def _pool_op(backend: str, rank: int, rank_major: bool, relu: bool, x0: torch.Tensor, x1: torch.Tensor,
+             w0: torch.Tensor, b0: torch.Tensor | None, w1: torch.Tensor, b1: torch.Tensor | None,
+             v0: torch.Tensor | None, c0: torch.Tensor | None, v1: torch.Tensor | None, c1: torch.Tensor | None
+             ) -> list[torch.Tensor]:
+    """[z, then on the cpu backend the fp32 projections the backward reads]."""
+    if backend == "triton":
+        return [_forward_triton(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)]
+    z, us = _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
+    return [z.to(x0.dtype)] + us
+
+
+@_pool_op.register_fake
+def _(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1):
+    G, RS = w0.shape[0], w0.shape[1]
+    P = 2 if v0 is not None else 1
+    N = max(x0.shape[0], x1.shape[0])
+    out = [x0.new_empty((N, P * G * (RS // rank)))]
+    if backend != "triton":
+        f = torch.float32
+        out += [x0.new_empty((G, x0.shape[0], RS), dtype=f), x0.new_empty((G, x1.shape[0], RS), dtype=f)] * P
+    return out
+
+
+@torch.library.custom_op("crossfuse::product_pool_backward", mutates_args=())
+def _pool_backward_op(backend: str, rank: int, rank_major: bool, relu: bool, needs: list[bool], dz: torch.Tensor,
+                      x0: torch.Tensor, x1: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor | None, w1: torch.Tensor,
+                      b1: torch.Tensor | None, v0: torch.Tensor | None, c0: torch.Tensor | None,
+                      v1: torch.Tensor | None, c1: torch.Tensor | None, us: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Gradients of (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1); an empty tensor where not needed or absent."""
+    if backend == "triton":
+        dus = _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
+        xs, ws = (x0, x1), (w0, w1, v0, v1)
+    else:
+        dus = _backward_cpu(dz, us, rank, rank_major, relu)
+        xs = (x0.float(), x1.float())
+        ws = tuple(None if w is None else w.float() for w in (w0, w1, v0, v1))
+    grads = [None] * 10
+    for k, du in enumerate(dus):  # k: 0 = (x0, w0, b0), 1 = (x1, w1, b1), 2 = (x0, v0, c0), 3 = (x1, v1, c1)
+        side = k % 2
+        wi, bi = (2 + 2 * side, 3 + 2 * side) if k < 2 else (6 + 2 * side, 7 + 2 * side)
+        dx, dw, db = _input_grads(xs[side], ws[k], du, needs[side], needs[wi], needs[bi])
+        if dx is not None:
+            grads[side] = dx if grads[side] is None else grads[side] + dx
+        grads[wi], grads[bi] = dw, db
+    ref = (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
+    return [x0.new_empty(0) if g is None else g.to(ref[i].dtype) for i, g in enumerate(grads)]
+
+
+@_pool_backward_op.register_fake
+def _(backend, rank, rank_major, relu, needs, dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, us):
+    ref = (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
+    return [torch.empty_like(t) if need and t is not None else x0.new_empty(0) for need, t in zip(needs, ref)]
+
+
+def _setup_context(ctx, inputs, output):
+    backend, rank, rank_major, relu, *tensors = inputs
+    ctx.args = (backend, rank, rank_major, relu)
+    ctx.present = [t is not None for t in tensors]
+    ctx.save_for_backward(*tensors, *output[1:])
+
+
+def _backward(ctx, grads):
+    saved = ctx.saved_tensors
+    tensors, us = list(saved[:10]), list(saved[10:])
+    needs = [bool(n) and p for n, p in zip(ctx.needs_input_grad[4:], ctx.present)]
+    if not any(needs):
+        return (None,) * 14
+    g = _pool_backward_op(*ctx.args, needs, grads[0], *tensors, us)
+    return (None,) * 4 + tuple(t if need else None for t, need in zip(g, needs))
+
+
+_pool_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- the public functions -------------------------------------------------------------------------------------
+def _check_weight(name, w, b, G, K, dtype, device):
+    if not isinstance(w, torch.Tensor) or w.dim() != 3:
+        raise ValueError(f"product_pool: expected {name} to be a 3-D tensor (groups, rank*size, in_features), got "
+                         f"{type(w).__name__ if not isinstance(w, torch.Tensor) else f'{w.dim()}-D'}")
+    if w.dtype != dtype or w.device != device:
+        raise TypeError(f"product_pool: expected {name} with the dtype and device of x0 ({dtype}, {device}), got "
+                        f"({w.dtype}, {w.device})")
+    if w.shape[0] != G or (K is not None and w.shape[2] != K):
+        raise ValueError(f"product_pool: expected {name} of shape ({G}, rank*size, {K}), got {tuple(w.shape)}")
+    if b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) != tuple(w.shape[:2])
+                          or b.dtype != dtype or b.device != device):
+        raise ValueError(f"product_pool: expected the bias of {name} of shape {tuple(w.shape[:2])}, dtype {dtype}, "
+                         f"got {tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}")
+
+
+def _rows(x0, x1):
+    """Flattened rows of x0, x1 and the output's leading shape. The lead shapes must be equal, or one must be the
+    other with its trailing dimensions set to 1 (a question (B, 1, d) against regions (B, R, d)), which is read
+    without being expanded; any other broadcast is expanded."""
+    l0, l1 = tuple(x0.shape[:-1]), tuple(x1.shape[:-1])
+    lead = torch.broadcast_shapes(l0, l1)
+    flat = lambda x: x.reshape(-1, x.shape[-1]) if x.stride(-1) == 1 else x.contiguous().reshape(-1, x.shape[-1])  # noqa: E731,E501
+
+    def tiles(l):  # l == lead with a run of trailing 1s
+        k = len(l)
+        while k and l[k - 1] == 1:
+            k -= 1
+        return len(l) == len(lead) and l[:k] == lead[:k]
+    if l0 != lead and not tiles(l0):
+        x0 = x0.expand(*lead, x0.shape[-1])
+    if l1 != lead and not tiles(l1):
+        x1 = x1.expand(*lead, x1.shape[-1])
+    return flat(x0), flat(x1), lead
+
+
+def product_pool(x0, x1, weight0, weight1, bias0=None, bias1=None, *, rank, rank_major=True, activation=None,
+                 weight0_2=None, weight1_2=None, bias0_2=None, bias1_2=None, backend=None):
+    """Grouped product pooling (see the module docstring). x0 (..., G*K0), x1 (..., G*K1) with broadcastable
+    leading dimensions; weight0 (G, rank*S, K0), weight1 (G, rank*S, K1), biases (G, rank*S). With the second-
+    stage weights (MFH) the output has 2*G*S columns. Returns (..., P*G*S) in the inputs' dtype."""
+    for name, t in (("x0", x0), ("x1", x1)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"product_pool: expected {name} to be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _backend.DTYPE_CODES:
+            raise TypeError(f"product_pool: expected {name} of dtype float32, float16 or bfloat16, got {t.dtype}")
+        if t.dim() < 1:
+            raise ValueError(f"product_pool: expected {name} with a feature dimension, got a scalar")
+    if x1.dtype != x0.dtype or x1.device != x0.device:
+        raise TypeError(f"product_pool: expected x1 with the dtype and device of x0 ({x0.dtype}, {x0.device}), got "
+                        f"({x1.dtype}, {x1.device})")
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"product_pool: expected rank to be a positive int, got {rank!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"product_pool: expected activation in {ACTIVATIONS}, got {activation!r}")
+    G = weight0.shape[0] if isinstance(weight0, torch.Tensor) and weight0.dim() == 3 else None
+    if G is None or G < 1:
+        raise ValueError("product_pool: expected weight0 to be a 3-D tensor (groups, rank*size, in_features)")
+    for name, x in (("x0", x0), ("x1", x1)):
+        if x.shape[-1] % G:
+            raise ValueError(f"product_pool: expected the last dimension of {name} to be a multiple of the {G} "
+                             f"groups, got {x.shape[-1]}")
+    K0, K1 = x0.shape[-1] // G, x1.shape[-1] // G
+    dtype, device = x0.dtype, x0.device
+    _check_weight("weight0", weight0, bias0, G, K0, dtype, device)
+    _check_weight("weight1", weight1, bias1, G, K1, dtype, device)
+    if weight1.shape[1] != weight0.shape[1] or weight0.shape[1] % rank:
+        raise ValueError(f"product_pool: expected weight0 and weight1 with the same rows, a multiple of rank {rank}, "
+                         f"got {weight0.shape[1]} and {weight1.shape[1]}")
+    two = weight0_2 is not None or weight1_2 is not None
+    if two:
+        if weight0_2 is None or weight1_2 is None:
+            raise ValueError("product_pool: the second stage needs both weight0_2 and weight1_2")
+        _check_weight("weight0_2", weight0_2, bias0_2, G, K0, dtype, device)
+        _check_weight("weight1_2", weight1_2, bias1_2, G, K1, dtype, device)
+        if weight0_2.shape != weight0.shape or weight1_2.shape != weight1.shape:
+            raise ValueError("product_pool: expected the second stage's weights shaped like the first's")
+    if (bias0 is None) != (bias1 is None) or (two and ((bias0_2 is None) != (bias0 is None)
+                                                      or (bias1_2 is None) != (bias0 is None))):
+        raise ValueError("product_pool: expected all of the biases or none")
+    a, b, lead = _rows(x0, x1)
+    chosen = _backend.choose(OP, device, backend)
+    if chosen == "reference":
+        from crossfuse.reference.fusions import product_pool as ref
+        z = ref(a, b, weight0, weight1, bias0, bias1, rank=rank, rank_major=rank_major, activation=activation,
+                weight0_2=weight0_2, weight1_2=weight1_2, bias0_2=bias0_2, bias1_2=bias1_2)
+    else:
+        c = lambda t: None if t is None else t.contiguous()  # noqa: E731
+        z = _pool_op(chosen, rank, rank_major, activation == "relu", a, b, c(weight0), c(bias0), c(weight1),
+                     c(bias1), c(weight0_2), c(bias0_2), c(weight1_2), c(bias1_2))[0]
+    return z.reshape(*lead, z.shape[-1])
+
+
+def signed_sqrt_normalize(z, groups=1, eps=1e-12):
+    """sign(z) sqrt|z| (as sqrt(relu(z)) - sqrt(relu(-z)), whose gradient at 0 is 0), then L2-normalised over
+    each of `groups` equal slices of the last dimension (F.normalize's eps)."""
+    z = torch.sqrt(F.relu(z)) - torch.sqrt(F.relu(-z))
+    if groups == 1:
+        return F.normalize(z, p=2, dim=-1, eps=eps)
+    return F.normalize(z.unflatten(-1, (groups, -1)), p=2, dim=-1, eps=eps).flatten(-2)
+
+
+# ---- compact bilinear pooling ----------------------------------------------------------------------------------
+def count_sketch(x, h, s, output_size):
+    """out[..., k] = sum over i with h[i] == k of s[i] x[..., i]."""
+    out = x.new_zeros((*x.shape[:-1], output_size))
+    return out.index_add_(-1, h, x * s)
+
+
+def compact_bilinear_pooling(x0, x1, h0, s0, h1, s1, output_size):
+    """MCB (Fukui et al. 2016): the count sketch of the outer product x0 x1^T, as the circular convolution of the
+    two inputs' count sketches, through the FFT. h*: bucket per input feature (int64), s*: signs (+-1)."""
+    for name, t in (("x0", x0), ("x1", x1)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"compact_bilinear_pooling: expected {name} to be a floating-point tensor")
+    for name, h, s, x in (("0", h0, s0, x0), ("1", h1, s1, x1)):
+        if h.shape != (x.shape[-1],) or s.shape != (x.shape[-1],):
+            raise ValueError(f"compact_bilinear_pooling: expected h{name} and s{name} of shape ({x.shape[-1]},), got "
+                             f"{tuple(h.shape)} and {tuple(s.shape)}")
+    # The FFT runs in fp32 at least: half-precision FFTs need power-of-two sizes and lose the sketch's accuracy.
+    ft = torch.promote_types(x0.dtype, torch.float32)
+    p0 = count_sketch(x0.to(ft), h0, s0.to(ft), output_size)
+    p1 = count_sketch(x1.to(ft), h1, s1.to(ft), output_size)
+    z = torch.fft.irfft(torch.fft.rfft(p0, dim=-1) * torch.fft.rfft(p1, dim=-1), n=output_size, dim=-1)
+    return z.to(x0.dtype)
