@@ -20,8 +20,18 @@ from crossfuse.kernels._common import store  # rounds to nearest even for bf16 (
 
 _TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 BLOCK_K = 32
-# (BLOCK_M, num_warps, num_stages) per (dtype is fp32, two stages); BLOCK_J is 32 or 64, whichever wastes less.
-CONFIGS = {(False, False): (64, 4, 2), (False, True): (32, 4, 2), (True, False): (32, 4, 2), (True, True): (32, 4, 1)}
+# (BLOCK_M, num_warps, num_stages) per (fp32?, two stages?, backward?, BLOCK_J): the largest tiles that compile
+# without spills for sm_80 and sm_90 (the AOT check). BLOCK_J is 32 or 64, whichever wastes fewer columns.
+CONFIGS = {
+    (False, False, False, 32): (64, 8, 2), (False, False, False, 64): (64, 8, 2),
+    (False, False, True, 32): (64, 8, 2), (False, False, True, 64): (32, 8, 2),
+    (False, True, False, 32): (64, 8, 2), (False, True, False, 64): (32, 8, 2),
+    (False, True, True, 32): (32, 4, 1), (False, True, True, 64): (32, 8, 2),
+    (True, False, False, 32): (64, 4, 1), (True, False, False, 64): (32, 8, 2),
+    (True, False, True, 32): (32, 4, 1), (True, False, True, 64): (16, 8, 2),
+    (True, True, False, 32): (64, 8, 2), (True, True, False, 64): (32, 8, 2),
+    (True, True, True, 32): (32, 8, 1), (True, True, True, 64): (16, 8, 1),
+}
 
 
 @triton.jit
@@ -150,14 +160,14 @@ def block_j(S):
     return 32 if 0 < S % 64 <= 32 else 64
 
 
-def config(dtype, two):
-    return CONFIGS[(dtype == torch.float32, bool(two))]
+def config(dtype, two, backward, BJ):
+    return CONFIGS[(dtype == torch.float32, bool(two), bool(backward), BJ)]
 
 
-def _common(x0, x1, w0, v0, S, R, rank_major, relu, has_b):
+def _common(x0, x1, w0, v0, S, R, rank_major, relu, has_b, backward):
     N, G = max(x0.shape[0], x1.shape[0]), w0.shape[0]
-    BM, warps, stages = config(x0.dtype, v0 is not None)
     BJ = block_j(S)
+    BM, warps, stages = config(x0.dtype, v0 is not None, backward, BJ)
     grid = (triton.cdiv(N, BM), G * triton.cdiv(S, BJ))
     meta = dict(HAS_B=has_b, TWO=v0 is not None, RANK_MAJOR=rank_major, RELU=relu, **_flags(x0.dtype), BM=BM,
                 BJ=BJ, BK=BLOCK_K, num_warps=warps, num_stages=stages)
@@ -167,7 +177,7 @@ def _common(x0, x1, w0, v0, S, R, rank_major, relu, has_b):
 def forward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, z, S, R, rank_major, relu):
     """z (N, P*G*S) <- product pooling; x rows and all weights unit-stride in their last dimension, weights and
     biases contiguous (G, R*S, K) / (G, R*S)."""
-    N, grid, meta = _common(x0, x1, w0, v0, S, R, rank_major, relu, b0 is not None)
+    N, grid, meta = _common(x0, x1, w0, v0, S, R, rank_major, relu, b0 is not None, False)
     if N == 0 or S == 0:
         return
     K0, K1 = w0.shape[2], w1.shape[2]
@@ -180,7 +190,7 @@ def forward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, z, S, R, rank_major, relu):
 
 def backward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, dz, du0, du1, dv0, dv1, S, R, rank_major, relu):
     """dU buffers (G, N, R*S) <- the gradients of the projections' pre-activations (recomputed here)."""
-    N, grid, meta = _common(x0, x1, w0, v0, S, R, rank_major, relu, b0 is not None)
+    N, grid, meta = _common(x0, x1, w0, v0, S, R, rank_major, relu, b0 is not None, True)
     if N == 0 or S == 0:
         return
     K0, K1 = w0.shape[2], w1.shape[2]
@@ -196,9 +206,9 @@ def _aot_specs():
     specs = []
     for dtype, t in _TL.items():
         for two in (False, True):
-            BM, warps, stages = config(dtype, two)
             for BJ in (32, 64):
                 for name, kernel in (("product_pool_fwd", _pool_fwd_kernel), ("product_pool_bwd", _pool_bwd_kernel)):
+                    BM, warps, stages = config(dtype, two, kernel is _pool_bwd_kernel, BJ)
                     const = dict(HAS_B=True, TWO=two, RANK_MAJOR=True, RELU=True, DOT_F32=False, PREC="ieee", BM=BM,
                                  BJ=BJ, BK=BLOCK_K)
                     sig = {p: "constexpr" if p in const else ("*" + t) if p[0] in "XWBVCZD" and p not in ("DOT_F32",)
