@@ -104,3 +104,20 @@ def test_compiled_losses_match_eager():
     torch.testing.assert_close(got, want)
     for a, b in zip(torch.autograd.grad(got, leaves[:5]), torch.autograd.grad(want, leaves[:5])):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["Block", "MFH"])
+def test_compiled_fusions_match_eager(name):
+    """The product-pool custom op (cpu path: its projections saved as extra outputs) traces with no break."""
+    torch._dynamo.reset()
+    model = crossfuse.nn.Block([6, 5], 4, mm_dim=8, chunks=2, rank=3) if name == "Block" else \
+        crossfuse.nn.MFH([6, 5], 4, mm_dim=5, factor=2)
+    x = [torch.randn(3, 6), torch.randn(3, 2, 5)]
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    ref = model(x)
+    torch.testing.assert_close(out, ref)
+    g = torch.autograd.grad(out.sum(), list(model.parameters()))
+    g_ref = torch.autograd.grad(ref.sum(), list(model.parameters()))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b)

@@ -46,7 +46,7 @@ def _input_grads(x, w, du, need_x, need_w, need_b):
 
 def _reps(x0, x1):
     N = max(x0.shape[0], x1.shape[0])
-    return N, N // max(x0.shape[0], 1), N // max(x1.shape[0], 1)
+    return N, N // x0.shape[0] if x0.shape[0] else 1, N // x1.shape[0] if x1.shape[0] else 1
 
 
 # ---- the cpu path: torch's GEMMs for the projections, the pooling in one C++ pass ----------------------------
@@ -71,7 +71,8 @@ def _backward_cpu(dz, us, R, rank_major, relu):
     G, _, RS = us[0].shape
     S = RS // R if R else 0
     N = dz.shape[0]
-    rep0, rep1 = N // max(us[0].shape[1], 1), N // max(us[1].shape[1], 1)
+    rep0 = N // us[0].shape[1] if us[0].shape[1] else 1
+    rep1 = N // us[1].shape[1] if us[1].shape[1] else 1
     dz = dz.float().contiguous()
     dus = [torch.empty_like(u) for u in us]
     ptr = lambda i, t: t[i].data_ptr() if i < len(t) else 0  # noqa: E731
@@ -130,7 +131,8 @@ def _(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1):
     out = [x0.new_empty((N, P * G * (RS // rank)))]
     if backend != "triton":
         f = torch.float32
-        out += [x0.new_empty((G, x0.shape[0], RS), dtype=f), x0.new_empty((G, x1.shape[0], RS), dtype=f)] * P
+        for _ in range(P):  # distinct tensors: outputs must not alias each other
+            out += [x0.new_empty((G, x0.shape[0], RS), dtype=f), x0.new_empty((G, x1.shape[0], RS), dtype=f)]
     return out
 
 
@@ -266,7 +268,10 @@ def product_pool(x0, x1, weight0, weight1, bias0=None, bias1=None, *, rank, rank
                                                       or (bias1_2 is None) != (bias0 is None))):
         raise ValueError("product_pool: expected all of the biases or none")
     a, b, lead = _rows(x0, x1)
-    chosen = _backend.choose(OP, device, backend)
+    if torch.compiler.is_compiling():  # a static choice: use_backend's thread-local is not read in a trace
+        chosen = backend or ("triton" if x0.is_cuda else "cpu" if _backend.ext is not None else "reference")
+    else:
+        chosen = _backend.choose(OP, device, backend)
     if chosen == "reference":
         from crossfuse.reference.fusions import product_pool as ref
         z = ref(a, b, weight0, weight1, bias0, bias1, rank=rank, rank_major=rank_major, activation=activation,
@@ -280,11 +285,14 @@ def product_pool(x0, x1, weight0, weight1, bias0=None, bias1=None, *, rank, rank
 
 def signed_sqrt_normalize(z, groups=1, eps=1e-12):
     """sign(z) sqrt|z| (as sqrt(relu(z)) - sqrt(relu(-z)), whose gradient at 0 is 0), then L2-normalised over
-    each of `groups` equal slices of the last dimension (F.normalize's eps)."""
+    each of `groups` equal slices of the last dimension (F.normalize's eps). fp16/bf16 run it in fp32: there eps
+    would round to 0 and an all-zero row give 0/0."""
+    dtype = z.dtype
+    z = z.float() if dtype in (torch.float16, torch.bfloat16) else z
     z = torch.sqrt(F.relu(z)) - torch.sqrt(F.relu(-z))
     if groups == 1:
-        return F.normalize(z, p=2, dim=-1, eps=eps)
-    return F.normalize(z.unflatten(-1, (groups, -1)), p=2, dim=-1, eps=eps).flatten(-2)
+        return F.normalize(z, p=2, dim=-1, eps=eps).to(dtype)
+    return F.normalize(z.unflatten(-1, (groups, -1)), p=2, dim=-1, eps=eps).flatten(-2).to(dtype)
 
 
 # ---- compact bilinear pooling ----------------------------------------------------------------------------------
@@ -308,5 +316,7 @@ def compact_bilinear_pooling(x0, x1, h0, s0, h1, s1, output_size):
     ft = torch.promote_types(x0.dtype, torch.float32)
     p0 = count_sketch(x0.to(ft), h0, s0.to(ft), output_size)
     p1 = count_sketch(x1.to(ft), h1, s1.to(ft), output_size)
+    if p0.numel() == 0 or p1.numel() == 0:  # an empty batch (MKL's FFT refuses one); keeps the autograd graph
+        return (p0 * p1).to(x0.dtype)
     z = torch.fft.irfft(torch.fft.rfft(p0, dim=-1) * torch.fft.rfft(p1, dim=-1), n=output_size, dim=-1)
     return z.to(x0.dtype)

@@ -19,7 +19,7 @@ def product_pool(x0, x1, weight0, weight1, bias0=None, bias1=None, *, rank, rank
     S = RS // rank
 
     def proj(x, w, b):
-        u = torch.einsum("ngk,grk->ngr", x.reshape(N, G, -1), w)
+        u = torch.einsum("ngk,grk->ngr", x.reshape(N, G, w.shape[2]), w)
         if b is not None:
             u = u + b
         if activation == "relu":
