@@ -122,10 +122,11 @@ PYBIND11_MODULE(_C, m) {
     rnn_sequence_cpu(s);
   });
   // Product pooling (crossfuse/fusions_cpu.h): sizes, flags, then pointers u0, u1, v0, v1, z, dz, du0, du1, dv0,
-  // dv1 (0 = absent; v0/v1 only for a second stage; z for the forward, dz and du/dv for the backward).
+  // dv1, b0, b1, c0, c1 (0 = absent; v0/v1 only for a second stage; z for the forward, dz and du/dv for the
+  // backward; the biases of u0, u1, v0, v1).
   cpu.def("product_pool", [](int64_t G, int64_t N, int64_t S, int64_t R, int64_t rep0, int64_t rep1,
                              bool rank_major, bool relu, bool backward, const std::vector<uintptr_t>& p) {
-    if (p.size() != 10) throw std::invalid_argument("product_pool: expected 10 pointers");
+    if (p.size() != 14) throw std::invalid_argument("product_pool: expected 14 pointers");
     if (G < 0 || N < 0 || S < 0 || R < 0 || rep0 < 1 || rep1 < 1 || (rep0 > 1 && rep1 > 1) ||
         (N % rep0) || (N % rep1))
       throw std::invalid_argument("product_pool: bad sizes");
@@ -135,6 +136,7 @@ PYBIND11_MODULE(_C, m) {
     auto w = [](uintptr_t q) { return reinterpret_cast<float*>(q); };
     a.u0 = c(p[0]); a.u1 = c(p[1]); a.v0 = c(p[2]); a.v1 = c(p[3]); a.z = w(p[4]); a.dz = c(p[5]);
     a.du0 = w(p[6]); a.du1 = w(p[7]); a.dv0 = w(p[8]); a.dv1 = w(p[9]);
+    a.b0 = c(p[10]); a.b1 = c(p[11]); a.c0 = c(p[12]); a.c1 = c(p[13]);
     const bool two = a.v0 != nullptr;
     if (G * N * S * R == 0) return;
     if (!a.u0 || !a.u1 || (two && !a.v1) || (!backward && !a.z) ||

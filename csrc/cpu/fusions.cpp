@@ -6,12 +6,17 @@
 #include "crossfuse/fusions_cpu.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace crossfuse {
 namespace {
 
 template <bool RELU>
 inline float act(float u) { return RELU ? (u > 0.f ? u : 0.f) : u; }
+// Bias row g of a (G, R*S) bias, or a row of zeros.
+inline const float* bias_row(const float* b, int64_t g, int64_t RS, const float* zeros) {
+  return b ? b + g * RS : zeros;
+}
 template <bool RELU>
 inline float gate(float u, float d) { return RELU ? (u > 0.f ? d : 0.f) : d; }
 
@@ -19,9 +24,14 @@ template <bool RM, bool RELU, bool TWO>
 void pool_fwd(const PoolArgs& a) {
   const int64_t G = a.G, N = a.N, S = a.S, R = a.R, RS = R * S, P = TWO ? 2 : 1;
   const int64_t N0 = N / a.rep0, N1 = N / a.rep1;
+  const std::vector<float> zeros(RS, 0.f);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t g = 0; g < G; ++g)
     for (int64_t n = 0; n < N; ++n) {
+      const float* __restrict b0 = bias_row(a.b0, g, RS, zeros.data());
+      const float* __restrict b1 = bias_row(a.b1, g, RS, zeros.data());
+      const float* __restrict c0 = bias_row(a.c0, g, RS, zeros.data());
+      const float* __restrict c1 = bias_row(a.c1, g, RS, zeros.data());
       const float* __restrict u0 = a.u0 + (g * N0 + n / a.rep0) * RS;
       const float* __restrict u1 = a.u1 + (g * N1 + n / a.rep1) * RS;
       const float* __restrict v0 = TWO ? a.v0 + (g * N0 + n / a.rep0) * RS : nullptr;
@@ -34,9 +44,10 @@ void pool_fwd(const PoolArgs& a) {
         for (int64_t r = 0; r < R; ++r) {
           const int64_t o = r * S;
           for (int64_t j = 0; j < S; ++j) {
-            const float p = act<RELU>(u0[o + j]) * act<RELU>(u1[o + j]);
+            const int64_t i = o + j;
+            const float p = act<RELU>(u0[i] + b0[i]) * act<RELU>(u1[i] + b1[i]);
             z[j] += p;
-            if (TWO) z2[j] += act<RELU>(v0[o + j]) * act<RELU>(v1[o + j]) * p;
+            if (TWO) z2[j] += act<RELU>(v0[i] + c0[i]) * act<RELU>(v1[i] + c1[i]) * p;
           }
         }
       } else {  // row(r, j) = j*R + r: each output sums R neighbours
@@ -44,9 +55,9 @@ void pool_fwd(const PoolArgs& a) {
           float s = 0.f, s2 = 0.f;
           for (int64_t r = 0; r < R; ++r) {
             const int64_t i = j * R + r;
-            const float p = act<RELU>(u0[i]) * act<RELU>(u1[i]);
+            const float p = act<RELU>(u0[i] + b0[i]) * act<RELU>(u1[i] + b1[i]);
             s += p;
-            if (TWO) s2 += act<RELU>(v0[i]) * act<RELU>(v1[i]) * p;
+            if (TWO) s2 += act<RELU>(v0[i] + c0[i]) * act<RELU>(v1[i] + c1[i]) * p;
           }
           z[j] = s;
           if (TWO) z2[j] = s2;
@@ -61,9 +72,14 @@ void pool_bwd(const PoolArgs& a) {
   const int64_t G = a.G, N = a.N, S = a.S, R = a.R, RS = R * S, P = TWO ? 2 : 1;
   const int64_t rep = std::max(a.rep0, a.rep1), outer = N / rep;
   const int64_t N0 = N / a.rep0, N1 = N / a.rep1;
+  const std::vector<float> zeros(RS, 0.f);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t g = 0; g < G; ++g)
     for (int64_t o = 0; o < outer; ++o) {
+      const float* __restrict b0 = bias_row(a.b0, g, RS, zeros.data());
+      const float* __restrict b1 = bias_row(a.b1, g, RS, zeros.data());
+      const float* __restrict c0 = bias_row(a.c0, g, RS, zeros.data());
+      const float* __restrict c1 = bias_row(a.c1, g, RS, zeros.data());
       if (BC == 0) {
         std::fill(a.du0 + (g * N0 + o) * RS, a.du0 + (g * N0 + o + 1) * RS, 0.f);
         if (TWO) std::fill(a.dv0 + (g * N0 + o) * RS, a.dv0 + (g * N0 + o + 1) * RS, 0.f);
@@ -86,16 +102,18 @@ void pool_bwd(const PoolArgs& a) {
         for (int64_t r = 0; r < R; ++r)
           for (int64_t j = 0; j < S; ++j) {
             const int64_t i = RM ? r * S + j : j * R + r;
-            const float a0 = act<RELU>(u0[i]), a1 = act<RELU>(u1[i]);
+            const float p0 = u0[i] + b0[i], p1 = u1[i] + b1[i];
+            const float a0 = act<RELU>(p0), a1 = act<RELU>(p1);
             float dp = dz[j];
             if (TWO) {
-              const float c0 = act<RELU>(v0[i]), c1 = act<RELU>(v1[i]), dq = dz2[j] * a0 * a1;
-              dp += dz2[j] * c0 * c1;
-              const float e0 = gate<RELU>(v0[i], dq * c1), e1 = gate<RELU>(v1[i], dq * c0);
+              const float q0 = v0[i] + c0[i], q1 = v1[i] + c1[i];
+              const float e0a = act<RELU>(q0), e1a = act<RELU>(q1), dq = dz2[j] * a0 * a1;
+              dp += dz2[j] * e0a * e1a;
+              const float e0 = gate<RELU>(q0, dq * e1a), e1 = gate<RELU>(q1, dq * e0a);
               if (BC == 0) dv0[i] += e0; else dv0[i] = e0;
               if (BC == 1) dv1[i] += e1; else dv1[i] = e1;
             }
-            const float d0 = gate<RELU>(u0[i], dp * a1), d1 = gate<RELU>(u1[i], dp * a0);
+            const float d0 = gate<RELU>(p0, dp * a1), d1 = gate<RELU>(p1, dp * a0);
             if (BC == 0) du0[i] += d0; else du0[i] = d0;
             if (BC == 1) du1[i] += d1; else du1[i] = d1;
           }

@@ -9,6 +9,8 @@ struct PoolArgs {
   bool rank_major = true, relu = false;
   const float *u0 = nullptr, *u1 = nullptr;  // (G, N / rep, R*S) pre-activation projections
   const float *v0 = nullptr, *v1 = nullptr;  // MFH's second stage, or null
+  // Biases (G, R*S) of u0, u1, v0, v1, added on the fly (the projections are stored without them), or null
+  const float *b0 = nullptr, *b1 = nullptr, *c0 = nullptr, *c1 = nullptr;
   float* z = nullptr;                        // forward: (N, P*G*S), P = 2 with a second stage
   const float* dz = nullptr;                 // backward: like z
   float *du0 = nullptr, *du1 = nullptr, *dv0 = nullptr, *dv1 = nullptr;  // backward: like u0 ... v1

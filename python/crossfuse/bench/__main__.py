@@ -7,7 +7,7 @@ import torch
 
 from crossfuse.bench.runner import device_name, markdown, run_cases, write_results
 
-OPS = ("lstm_cell", "gru_cell", "rnn_cell", "cross_attention", "lstm", "gru", "rnn", "contrastive_loss")
+OPS = ("lstm_cell", "gru_cell", "rnn_cell", "cross_attention", "lstm", "gru", "rnn", "contrastive_loss", "fusions")
 
 
 def main(argv=None):

@@ -50,24 +50,33 @@ def _reps(x0, x1):
 
 
 # ---- the cpu path: torch's GEMMs for the projections, the pooling in one C++ pass ----------------------------
+def _f32(t):
+    return None if t is None else t.float().contiguous()
+
+
+def _bias_ptrs(*bs):
+    return [0 if b is None else b.data_ptr() for b in bs]
+
+
 def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
-    f32 = lambda t: None if t is None else t.float().contiguous()  # noqa: E731
-    x0, x1 = f32(x0), f32(x1)
-    us = [_project(x0, f32(w0), f32(b0)), _project(x1, f32(w1), f32(b1))]
+    # The biases are added in the C++ pass: a baddbmm would first fill its (G, rows, R*S) output with them.
+    x0, x1 = _f32(x0), _f32(x1)
+    us = [_project(x0, _f32(w0), None), _project(x1, _f32(w1), None)]
     if v0 is not None:
-        us += [_project(x0, f32(v0), f32(c0)), _project(x1, f32(v1), f32(c1))]
+        us += [_project(x0, _f32(v0), None), _project(x1, _f32(v1), None)]
+    bias = [_f32(b) for b in (b0, b1, c0, c1)]
     G, RS = w0.shape[0], w0.shape[1]
     S = RS // R if R else 0
     N, rep0, rep1 = _reps(x0, x1)
     z = torch.empty((N, (2 if v0 is not None else 1) * G * S), dtype=torch.float32, device=x0.device)
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     p = [ptr(us[0]), ptr(us[1]), ptr(us[2] if v0 is not None else None), ptr(us[3] if v0 is not None else None),
-         z.data_ptr(), 0, 0, 0, 0, 0]
+         z.data_ptr(), 0, 0, 0, 0, 0] + _bias_ptrs(*bias)
     _backend.ext.cpu.product_pool(G, N, S, R, rep0, rep1, rank_major, relu, False, p)
     return z, us
 
 
-def _backward_cpu(dz, us, R, rank_major, relu):
+def _backward_cpu(dz, us, biases, R, rank_major, relu):
     G, _, RS = us[0].shape
     S = RS // R if R else 0
     N = dz.shape[0]
@@ -76,8 +85,9 @@ def _backward_cpu(dz, us, R, rank_major, relu):
     dz = dz.float().contiguous()
     dus = [torch.empty_like(u) for u in us]
     ptr = lambda i, t: t[i].data_ptr() if i < len(t) else 0  # noqa: E731
+    bias = [_f32(b) for b in biases]
     p = [ptr(0, us), ptr(1, us), ptr(2, us), ptr(3, us), 0, dz.data_ptr(), ptr(0, dus), ptr(1, dus), ptr(2, dus),
-         ptr(3, dus)]
+         ptr(3, dus)] + _bias_ptrs(*bias)
     _backend.ext.cpu.product_pool(G, N, S, R, rep0, rep1, rank_major, relu, True, p)
     return dus
 
@@ -146,7 +156,7 @@ def _pool_backward_op(backend: str, rank: int, rank_major: bool, relu: bool, nee
         dus = _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
         xs, ws = (x0, x1), (w0, w1, v0, v1)
     else:
-        dus = _backward_cpu(dz, us, rank, rank_major, relu)
+        dus = _backward_cpu(dz, us, (b0, b1, c0, c1), rank, rank_major, relu)
         xs = (x0.float(), x1.float())
         ws = tuple(None if w is None else w.float() for w in (w0, w1, v0, v1))
     grads = [None] * 10

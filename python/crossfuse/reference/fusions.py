@@ -56,6 +56,8 @@ def _out(m, z, pre_lin=True):
 
 
 def _expand(x0, x1):
+    """Both inputs at the broadcast rows, as block.bootstrap's models feed its fusions (a question repeated for
+    every region before the fusion, which then runs on 2-D rows)."""
     if x0.dim() != x1.dim():
         x0, x1 = (x0.unsqueeze(1), x1) if x0.dim() == 2 else (x0, x1.unsqueeze(1))
     shape = torch.broadcast_shapes(x0.shape[:-1], x1.shape[:-1])
@@ -87,7 +89,8 @@ def mfh_pool(m, x0, x1):
 
 
 def _block(m, x0, x1):
-    x0, x1 = _expand(m.linear0(x0), m.linear1(x1))
+    x0, x1 = _expand(x0, x1)
+    x0, x1 = m.linear0(x0), m.linear1(x1)
     x0, x1 = _drop(m, x0, m.dropout_input), _drop(m, x1, m.dropout_input)
     zs = []
     for c0, c1, l0, l1 in zip(x0.split(m.sizes_list, -1), x1.split(m.sizes_list, -1), m.merge_linears0,
@@ -100,7 +103,8 @@ def _block(m, x0, x1):
 
 
 def _block_tucker(m, x0, x1):
-    x0, x1 = _expand(m.linear0(x0), m.linear1(x1))
+    x0, x1 = _expand(x0, x1)
+    x0, x1 = m.linear0(x0), m.linear1(x1)
     x0, x1 = _drop(m, x0, m.dropout_input), _drop(m, x1, m.dropout_input)
     zs = []
     for c0, c1, bil in zip(x0.split(m.sizes_list, -1), x1.split(m.sizes_list, -1), m.bilinears):
@@ -111,7 +115,8 @@ def _block_tucker(m, x0, x1):
 
 
 def _mutan(m, x0, x1):
-    x0, x1 = _expand(m.linear0(x0), m.linear1(x1))
+    x0, x1 = _expand(x0, x1)
+    x0, x1 = m.linear0(x0), m.linear1(x1)
     x0, x1 = _drop(m, x0, m.dropout_input), _drop(m, x1, m.dropout_input)
     p = m.merge_linear0(x0) * m.merge_linear1(x1)
     z = p.view(*p.shape[:-1], m.rank, m.mm_dim).sum(-2)
@@ -119,7 +124,8 @@ def _mutan(m, x0, x1):
 
 
 def _tucker(m, x0, x1):
-    x0, x1 = _expand(m.linear0(x0), m.linear1(x1))
+    x0, x1 = _expand(x0, x1)
+    x0, x1 = m.linear0(x0), m.linear1(x1)
     x0, x1 = _drop(m, x0, m.dropout_input), _drop(m, x1, m.dropout_input)
     z = torch.einsum("...k,jkl,...l->...j", x0, m.bilinear.weight, x1) + m.bilinear.bias
     return _out(m, _signed_sqrt_l2(z) if m.normalize else z)
@@ -127,7 +133,8 @@ def _tucker(m, x0, x1):
 
 def _elementwise(m, x0, x1, combine):
     a = _act(m.activ_input)
-    x0, x1 = _expand(a(m.linear0(x0)), a(m.linear1(x1)))
+    x0, x1 = _expand(x0, x1)
+    x0, x1 = a(m.linear0(x0)), a(m.linear1(x1))
     z = combine(_drop(m, x0, m.dropout_input), _drop(m, x1, m.dropout_input))
     return _out(m, _signed_sqrt_l2(z) if m.normalize else z)
 
