@@ -121,17 +121,19 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     rnn_sequence_cpu(s);
   });
-  // Product pooling (crossfuse/fusions_cpu.h): sizes, flags, then pointers u0, u1, v0, v1, z, dz, du0, du1, dv0,
+  // Product pooling (crossfuse/fusions_cpu.h): sizes, flags, z's row stride and second-stage offset, then pointers u0, u1, v0, v1, z, dz, du0, du1, dv0,
   // dv1, b0, b1, c0, c1 (0 = absent; v0/v1 only for a second stage; z for the forward, dz and du/dv for the
   // backward; the biases of u0, u1, v0, v1).
   cpu.def("product_pool", [](int64_t G, int64_t N, int64_t S, int64_t R, int64_t rep0, int64_t rep1,
-                             bool rank_major, bool relu, bool backward, const std::vector<uintptr_t>& p) {
+                             bool rank_major, bool relu, bool backward, int64_t zs, int64_t z2,
+                             const std::vector<uintptr_t>& p) {
     if (p.size() != 14) throw std::invalid_argument("product_pool: expected 14 pointers");
     if (G < 0 || N < 0 || S < 0 || R < 0 || rep0 < 1 || rep1 < 1 || (rep0 > 1 && rep1 > 1) ||
         (N % rep0) || (N % rep1))
       throw std::invalid_argument("product_pool: bad sizes");
     PoolArgs a;
     a.G = G; a.N = N; a.S = S; a.R = R; a.rep0 = rep0; a.rep1 = rep1; a.rank_major = rank_major; a.relu = relu;
+    a.zs = zs; a.z2 = z2;
     auto c = [](uintptr_t q) { return reinterpret_cast<const float*>(q); };
     auto w = [](uintptr_t q) { return reinterpret_cast<float*>(q); };
     a.u0 = c(p[0]); a.u1 = c(p[1]); a.v0 = c(p[2]); a.v1 = c(p[3]); a.z = w(p[4]); a.dz = c(p[5]);

@@ -22,7 +22,7 @@ inline float gate(float u, float d) { return RELU ? (u > 0.f ? d : 0.f) : d; }
 
 template <bool RM, bool RELU, bool TWO>
 void pool_fwd(const PoolArgs& a) {
-  const int64_t G = a.G, N = a.N, S = a.S, R = a.R, RS = R * S, P = TWO ? 2 : 1;
+  const int64_t G = a.G, N = a.N, S = a.S, R = a.R, RS = R * S;
   const int64_t N0 = N / a.rep0, N1 = N / a.rep1;
   const std::vector<float> zeros(RS, 0.f);
 #pragma omp parallel for collapse(2) schedule(static)
@@ -36,8 +36,8 @@ void pool_fwd(const PoolArgs& a) {
       const float* __restrict u1 = a.u1 + (g * N1 + n / a.rep1) * RS;
       const float* __restrict v0 = TWO ? a.v0 + (g * N0 + n / a.rep0) * RS : nullptr;
       const float* __restrict v1 = TWO ? a.v1 + (g * N1 + n / a.rep1) * RS : nullptr;
-      float* __restrict z = a.z + n * P * G * S + g * S;
-      float* __restrict z2 = z + G * S;
+      float* __restrict z = a.z + n * a.zs + g * S;
+      float* __restrict z2 = z + a.z2;
       std::fill(z, z + S, 0.f);
       if (TWO) std::fill(z2, z2 + S, 0.f);
       if (RM) {  // row(r, j) = r*S + j: the inner loop runs along j, unit stride
@@ -69,7 +69,7 @@ void pool_fwd(const PoolArgs& a) {
 // BC: which side is broadcast (0 or 1; -1 none). Its dU row collects the sum over the rep rows that read it.
 template <bool RM, bool RELU, bool TWO, int BC>
 void pool_bwd(const PoolArgs& a) {
-  const int64_t G = a.G, N = a.N, S = a.S, R = a.R, RS = R * S, P = TWO ? 2 : 1;
+  const int64_t G = a.G, N = a.N, S = a.S, R = a.R, RS = R * S;
   const int64_t rep = std::max(a.rep0, a.rep1), outer = N / rep;
   const int64_t N0 = N / a.rep0, N1 = N / a.rep1;
   const std::vector<float> zeros(RS, 0.f);
@@ -97,8 +97,8 @@ void pool_bwd(const PoolArgs& a) {
         float* __restrict du1 = a.du1 + i1;
         float* __restrict dv0 = TWO ? a.dv0 + i0 : nullptr;
         float* __restrict dv1 = TWO ? a.dv1 + i1 : nullptr;
-        const float* __restrict dz = a.dz + n * P * G * S + g * S;
-        const float* __restrict dz2 = dz + G * S;
+        const float* __restrict dz = a.dz + n * a.zs + g * S;
+        const float* __restrict dz2 = dz + a.z2;
         for (int64_t r = 0; r < R; ++r)
           for (int64_t j = 0; j < S; ++j) {
             const int64_t i = RM ? r * S + j : j * R + r;

@@ -11,8 +11,9 @@ struct PoolArgs {
   const float *v0 = nullptr, *v1 = nullptr;  // MFH's second stage, or null
   // Biases (G, R*S) of u0, u1, v0, v1, added on the fly (the projections are stored without them), or null
   const float *b0 = nullptr, *b1 = nullptr, *c0 = nullptr, *c1 = nullptr;
-  float* z = nullptr;                        // forward: (N, P*G*S), P = 2 with a second stage
+  float* z = nullptr;                        // forward: rows of z (row stride zs) from column g*S on
   const float* dz = nullptr;                 // backward: like z
+  int64_t zs = 0, z2 = 0;                    // z's row stride; the second stage's columns: z2 further on
   float *du0 = nullptr, *du1 = nullptr, *dv0 = nullptr, *dv1 = nullptr;  // backward: like u0 ... v1
 };
 

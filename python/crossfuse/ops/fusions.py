@@ -27,14 +27,6 @@ def _kernels():
     return importlib.import_module("crossfuse.kernels.fusions")
 
 
-def _project(x, w, b):
-    """(G, rows, R*S): x (rows, G*K) against w (G, R*S, K), plus b (G, R*S)."""
-    G, _, K = w.shape
-    xg = x.reshape(x.shape[0], G, K).transpose(0, 1)
-    wt = w.transpose(1, 2)
-    return torch.bmm(xg, wt) if b is None else torch.baddbmm(b.unsqueeze(1), xg, wt)
-
-
 def _input_grads(x, w, du, need_x, need_w, need_b):
     """dx (rows, G*K), dw (G, R*S, K), db (G, R*S) of u = x w^T + b, from du (G, rows, R*S)."""
     G, _, K = w.shape
@@ -49,47 +41,73 @@ def _reps(x0, x1):
     return N, N // x0.shape[0] if x0.shape[0] else 1, N // x1.shape[0] if x1.shape[0] else 1
 
 
-# ---- the cpu path: torch's GEMMs for the projections, the pooling in one C++ pass ----------------------------
+# ---- the cpu path: torch's GEMMs for the projections, the pooling in one C++ pass -------------------------
+# Group by group, like the eager loop: a (rows, R*S) buffer per group stays in the allocator's reused heap, where one
+# (G, rows, R*S) buffer (over glibc's 32 MB mmap limit at these sizes) would be page-faulted in afresh every call.
 def _f32(t):
     return None if t is None else t.float().contiguous()
 
 
-def _bias_ptrs(*bs):
-    return [0 if b is None else b.data_ptr() for b in bs]
+def _ptr(t):
+    return 0 if t is None else t.data_ptr()
+
+
+def _cpu_weights(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1):
+    """fp32 contiguous (x0, x1), projections' weights (w0, w1, v0, v1) and biases (b0, b1, c0, c1)."""
+    return (_f32(x0), _f32(x1)), [_f32(w) for w in (w0, w1, v0, v1)], [_f32(b) for b in (b0, b1, c0, c1)]
 
 
 def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
-    # The biases are added in the C++ pass: a baddbmm would first fill its (G, rows, R*S) output with them.
-    x0, x1 = _f32(x0), _f32(x1)
-    us = [_project(x0, _f32(w0), None), _project(x1, _f32(w1), None)]
-    if v0 is not None:
-        us += [_project(x0, _f32(v0), None), _project(x1, _f32(v1), None)]
-    bias = [_f32(b) for b in (b0, b1, c0, c1)]
-    G, RS = w0.shape[0], w0.shape[1]
-    S = RS // R if R else 0
-    N, rep0, rep1 = _reps(x0, x1)
-    z = torch.empty((N, (2 if v0 is not None else 1) * G * S), dtype=torch.float32, device=x0.device)
-    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    p = [ptr(us[0]), ptr(us[1]), ptr(us[2] if v0 is not None else None), ptr(us[3] if v0 is not None else None),
-         z.data_ptr(), 0, 0, 0, 0, 0] + _bias_ptrs(*bias)
-    _backend.ext.cpu.product_pool(G, N, S, R, rep0, rep1, rank_major, relu, False, p)
+    """(z fp32, [per group: u0, u1(, v0, v1)] without their biases, which the C++ pass adds)."""
+    xs, ws, bs = _cpu_weights(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
+    G, RS, _ = w0.shape
+    S, P = RS // R, 2 if v0 is not None else 1
+    N, rep0, rep1 = _reps(*xs)
+    z = torch.empty((N, P * G * S), dtype=torch.float32, device=x0.device)
+    us = []
+    for g in range(G):
+        ug = [torch.mm(xs[k % 2][:, g * w.shape[2]:(g + 1) * w.shape[2]], w[g].t()) for k, w in enumerate(ws[:2 * P])]
+        p = [_ptr(u) for u in ug] + [0] * (4 - len(ug)) + [z.data_ptr() + 4 * g * S, 0, 0, 0, 0, 0] + \
+            [0 if b is None else b[g].data_ptr() for b in bs]
+        _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, False, P * G * S, G * S, p)
+        us += ug
     return z, us
 
 
-def _backward_cpu(dz, us, biases, R, rank_major, relu):
-    G, _, RS = us[0].shape
-    S = RS // R if R else 0
-    N = dz.shape[0]
-    rep0 = N // us[0].shape[1] if us[0].shape[1] else 1
-    rep1 = N // us[1].shape[1] if us[1].shape[1] else 1
+def _backward_cpu(dz, us, tensors, R, rank_major, relu, needs):
+    """Gradients of (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1) in fp32 (None where not needed)."""
+    xs, ws, bs = _cpu_weights(*tensors)
+    G, RS, _ = ws[0].shape
+    S, P = RS // R, 2 if ws[2] is not None else 1
+    N, rep0, rep1 = _reps(*xs)
     dz = dz.float().contiguous()
-    dus = [torch.empty_like(u) for u in us]
-    ptr = lambda i, t: t[i].data_ptr() if i < len(t) else 0  # noqa: E731
-    bias = [_f32(b) for b in biases]
-    p = [ptr(0, us), ptr(1, us), ptr(2, us), ptr(3, us), 0, dz.data_ptr(), ptr(0, dus), ptr(1, dus), ptr(2, dus),
-         ptr(3, dus)] + _bias_ptrs(*bias)
-    _backend.ext.cpu.product_pool(G, N, S, R, rep0, rep1, rank_major, relu, True, p)
-    return dus
+    grads = [None] * 10
+    for side, x in enumerate(xs):
+        if needs[side]:
+            grads[side] = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    slots = [(2, 3), (4, 5), (6, 7), (8, 9)]  # (weight, bias) indices of u0, u1, v0, v1
+    for k, (wi, bi) in enumerate(slots[:2 * P]):
+        if needs[wi]:
+            grads[wi] = torch.empty(ws[k].shape, dtype=torch.float32, device=dz.device)
+        if needs[bi]:
+            grads[bi] = torch.empty(bs[k].shape, dtype=torch.float32, device=dz.device)
+    for g in range(G):
+        ug = us[g * 2 * P:(g + 1) * 2 * P]
+        dug = [torch.empty_like(u) for u in ug]
+        p = [_ptr(u) for u in ug] + [0] * (4 - len(ug)) + [0, dz.data_ptr() + 4 * g * S] + \
+            [_ptr(d) for d in dug] + [0] * (4 - len(dug)) + [0 if b is None else b[g].data_ptr() for b in bs]
+        _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, True, P * G * S, G * S, p)
+        for k, du in enumerate(dug):
+            side, (wi, bi) = k % 2, slots[k]
+            K = ws[k].shape[2]
+            cols = slice(g * K, (g + 1) * K)
+            if grads[side] is not None:
+                grads[side][:, cols].addmm_(du, ws[k][g])
+            if grads[wi] is not None:
+                torch.mm(du.t(), xs[side][:, cols], out=grads[wi][g])
+            if grads[bi] is not None:
+                torch.sum(du, 0, out=grads[bi][g])
+    return grads
 
 
 # ---- the triton path ----------------------------------------------------------------------------------------
@@ -139,10 +157,8 @@ def _(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1):
     P = 2 if v0 is not None else 1
     N = max(x0.shape[0], x1.shape[0])
     out = [x0.new_empty((N, P * G * (RS // rank)))]
-    if backend != "triton":
-        f = torch.float32
-        for _ in range(P):  # distinct tensors: outputs must not alias each other
-            out += [x0.new_empty((G, x0.shape[0], RS), dtype=f), x0.new_empty((G, x1.shape[0], RS), dtype=f)]
+    if backend != "triton":  # per group u0, u1(, v0, v1): distinct tensors (outputs must not alias each other)
+        out += [x0.new_empty((x.shape[0], RS), dtype=torch.float32) for _ in range(G) for x in (x0, x1) * P]
     return out
 
 
@@ -152,22 +168,19 @@ def _pool_backward_op(backend: str, rank: int, rank_major: bool, relu: bool, nee
                       b1: torch.Tensor | None, v0: torch.Tensor | None, c0: torch.Tensor | None,
                       v1: torch.Tensor | None, c1: torch.Tensor | None, us: list[torch.Tensor]) -> list[torch.Tensor]:
     """Gradients of (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1); an empty tensor where not needed or absent."""
+    ref = (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
     if backend == "triton":
         dus = _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
-        xs, ws = (x0, x1), (w0, w1, v0, v1)
+        grads = [None] * 10
+        for k, du in enumerate(dus):  # k: 0 = (x0, w0, b0), 1 = (x1, w1, b1), 2 = (x0, v0, c0), 3 = (x1, v1, c1)
+            side = k % 2
+            wi, bi = 2 + 2 * k, 3 + 2 * k
+            dx, dw, db = _input_grads(ref[side], ref[wi], du, needs[side], needs[wi], needs[bi])
+            if dx is not None:
+                grads[side] = dx if grads[side] is None else grads[side] + dx
+            grads[wi], grads[bi] = dw, db
     else:
-        dus = _backward_cpu(dz, us, (b0, b1, c0, c1), rank, rank_major, relu)
-        xs = (x0.float(), x1.float())
-        ws = tuple(None if w is None else w.float() for w in (w0, w1, v0, v1))
-    grads = [None] * 10
-    for k, du in enumerate(dus):  # k: 0 = (x0, w0, b0), 1 = (x1, w1, b1), 2 = (x0, v0, c0), 3 = (x1, v1, c1)
-        side = k % 2
-        wi, bi = (2 + 2 * side, 3 + 2 * side) if k < 2 else (6 + 2 * side, 7 + 2 * side)
-        dx, dw, db = _input_grads(xs[side], ws[k], du, needs[side], needs[wi], needs[bi])
-        if dx is not None:
-            grads[side] = dx if grads[side] is None else grads[side] + dx
-        grads[wi], grads[bi] = dw, db
-    ref = (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
+        grads = _backward_cpu(dz, us, ref, rank, rank_major, relu, needs)
     return [x0.new_empty(0) if g is None else g.to(ref[i].dtype) for i, g in enumerate(grads)]
 
 
@@ -182,13 +195,15 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (backend, rank, rank_major, relu)
     ctx.present = [t is not None for t in tensors]
     ctx.save_for_backward(*tensors, *output[1:])
+    # The saved projections take no gradient: no zero tensors of their (large) size for the backward.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grads):
     saved = ctx.saved_tensors
     tensors, us = list(saved[:10]), list(saved[10:])
     needs = [bool(n) and p for n, p in zip(ctx.needs_input_grad[4:], ctx.present)]
-    if not any(needs):
+    if not any(needs) or grads[0] is None:
         return (None,) * 14
     g = _pool_backward_op(*ctx.args, needs, grads[0], *tensors, us)
     return (None,) * 4 + tuple(t if need else None for t, need in zip(g, needs))
