@@ -9,7 +9,7 @@ import crossfuse
 from crossfuse import nn as cnn
 from crossfuse.ops.fusions import compact_bilinear_pooling, product_pool
 from crossfuse.reference import fusions as ref
-from harness import assert_within_rule, backend_cases, leaf_like
+from harness import HAS_GPU, assert_within_rule, backend_cases, leaf_like
 
 # (G, R, S, K0, K1, lead0, lead1): equal rows, a question against regions both ways, an empty batch, and a shape
 # with several column blocks and a K loop (S > BLOCK_J, K > BLOCK_K)
@@ -133,18 +133,19 @@ def test_module_against_reference(name, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend,device", [("cpu", "cpu"), pytest.param("triton", "cuda", marks=pytest.mark.gpu)]
+                         + ([] if HAS_GPU else [("triton", "cpu")]))
 @pytest.mark.parametrize("name", ["Block", "Mutan", "MFB", "MFH"])
-def test_product_pool_modules_low_precision(name, backend, dtype):
+def test_product_pool_modules_low_precision(name, backend, device, dtype):
     """The four product-pool modules on each backend in fp16 / bf16, broadcast regions, every gradient. No input
     activation for MFB / MFH: with relu a row can pool to all zeros, which block.bootstrap's normalisation turns
     into 0/0 in half precision (its eps rounds to 0), leaving no yardstick."""
     torch.manual_seed(1)
     make = MODULES[name] if name not in ("MFB", "MFH") else (
         lambda: getattr(cnn, name)([D0, D1], OUT, mm_dim=9, factor=2, normalize=True, activ_input=None))
-    ml = make().to(dtype)
-    xl = _module_inputs(name, "question-regions", dtype)
-    m64 = make().double()
+    ml = make().to(dtype=dtype, device=device)
+    xl = [v.to(device) for v in _module_inputs(name, "question-regions", dtype)]
+    m64 = make().double().to(device)
     m64.load_state_dict(ml.state_dict())  # the yardstick sees exactly the rounded inputs and parameters
     x64 = [v.double() for v in xl]
     cot = torch.randn_like(ref.forward(m64, x64))
