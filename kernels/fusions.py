@@ -149,6 +149,87 @@ def _pool_bwd_kernel(X0, X1, W0, B0, W1, B1, V0, C0, V1, C1, DZ, DU0, DU1, DV0, 
         store(DU1 + out, 1, 1, 0, wrows[None, :], m2, du1)
 
 
+# ---- the pooling alone, on projections computed by cuBLAS (large K, where torch's GEMMs beat _proj) -----------
+@triton.jit
+def _ld(U, B, g, RS, rows, mn, wrows, mj, HAS_B: tl.constexpr):
+    """(BM, BJ) fp32 of U[g, rows, wrows] (+ B[g, wrows])."""
+    m2 = mn[:, None] & mj[None, :]
+    u = tl.load(U + rows[:, None] * RS + wrows[None, :], mask=m2, other=0.0).to(tl.float32)
+    if HAS_B:
+        u += tl.load(B + g * RS + wrows, mask=mj, other=0.0).to(tl.float32)[None, :]
+    return u
+
+
+@triton.jit
+def _pool_ew_fwd_kernel(U0, U1, B0, B1, V0, V1, C0, C1, Z, N, G, S, R, REP0, REP1, s_z,
+                        HAS_B: tl.constexpr, TWO: tl.constexpr, RANK_MAJOR: tl.constexpr, RELU: tl.constexpr,
+                        BM: tl.constexpr, BJ: tl.constexpr):
+    g, n, mn, r0, r1, j, mj = _tile(N, G, S, R, REP0, REP1, BM, BJ)
+    RS = R * S
+    N0 = N // REP0
+    N1 = N // REP1
+    rows0 = g * N0 + r0  # U (G, rows, R*S)
+    rows1 = g * N1 + r1
+    z = tl.zeros((BM, BJ), tl.float32)
+    z2 = tl.zeros((BM, BJ), tl.float32)
+    for r in range(R):
+        wrows = r * S + j if RANK_MAJOR else j * R + r
+        p = _act(_ld(U0, B0, g, RS, rows0, mn, wrows, mj, HAS_B), RELU) * \
+            _act(_ld(U1, B1, g, RS, rows1, mn, wrows, mj, HAS_B), RELU)
+        z += p
+        if TWO:
+            z2 += _act(_ld(V0, C0, g, RS, rows0, mn, wrows, mj, HAS_B), RELU) * \
+                _act(_ld(V1, C1, g, RS, rows1, mn, wrows, mj, HAS_B), RELU) * p
+    m2 = mn[:, None] & mj[None, :]
+    store(Z, s_z, 1, n[:, None], (g * S + j)[None, :], m2, z)
+    if TWO:
+        store(Z, s_z, 1, n[:, None], (G * S + g * S + j)[None, :], m2, z2)
+
+
+@triton.jit
+def _pool_ew_bwd_kernel(U0, U1, B0, B1, V0, V1, C0, C1, DZ, DU0, DU1, DV0, DV1, N, G, S, R, REP0, REP1, s_dz,
+                        HAS_B: tl.constexpr, TWO: tl.constexpr, RANK_MAJOR: tl.constexpr, RELU: tl.constexpr,
+                        BM: tl.constexpr, BJ: tl.constexpr):
+    g, n, mn, r0, r1, j, mj = _tile(N, G, S, R, REP0, REP1, BM, BJ)
+    RS = R * S
+    rows0 = g * (N // REP0) + r0
+    rows1 = g * (N // REP1) + r1
+    m2 = mn[:, None] & mj[None, :]
+    dz = tl.load(DZ + n[:, None] * s_dz + (g * S + j)[None, :], mask=m2, other=0.0).to(tl.float32)
+    dz2 = dz
+    if TWO:
+        dz2 = tl.load(DZ + n[:, None] * s_dz + (G * S + g * S + j)[None, :], mask=m2, other=0.0).to(tl.float32)
+    out = g * N * RS + n[:, None] * RS  # dU rows: (G, N, R*S), every output row (the host sums a broadcast side)
+    for r in range(R):
+        wrows = r * S + j if RANK_MAJOR else j * R + r
+        u0 = _ld(U0, B0, g, RS, rows0, mn, wrows, mj, HAS_B)
+        u1 = _ld(U1, B1, g, RS, rows1, mn, wrows, mj, HAS_B)
+        a0 = _act(u0, RELU)
+        a1 = _act(u1, RELU)
+        dp = dz
+        if TWO:
+            v0 = _ld(V0, C0, g, RS, rows0, mn, wrows, mj, HAS_B)
+            v1 = _ld(V1, C1, g, RS, rows1, mn, wrows, mj, HAS_B)
+            c0 = _act(v0, RELU)
+            c1 = _act(v1, RELU)
+            dp = dz + dz2 * c0 * c1
+            dq = dz2 * a0 * a1
+            dv0 = dq * c1
+            dv1 = dq * c0
+            if RELU:
+                dv0 = tl.where(v0 > 0, dv0, 0.0)
+                dv1 = tl.where(v1 > 0, dv1, 0.0)
+            store(DV0 + out, 1, 1, 0, wrows[None, :], m2, dv0)
+            store(DV1 + out, 1, 1, 0, wrows[None, :], m2, dv1)
+        du0 = dp * a1
+        du1 = dp * a0
+        if RELU:
+            du0 = tl.where(u0 > 0, du0, 0.0)
+            du1 = tl.where(u1 > 0, du1, 0.0)
+        store(DU0 + out, 1, 1, 0, wrows[None, :], m2, du0)
+        store(DU1 + out, 1, 1, 0, wrows[None, :], m2, du1)
+
+
 # ---- launchers ------------------------------------------------------------------------------------------
 def _flags(dtype):
     interp = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -202,6 +283,43 @@ def backward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, dz, du0, du1, dv0, dv1, S, 
                            x0.stride(0), x1.stride(0), dz.stride(0), **meta)
 
 
+EW_BM, EW_WARPS = 16, 4  # the elementwise pooling: (16, BLOCK_J) tiles
+
+
+def _ew_grid(N, G, S):
+    BJ = block_j(S)
+    return (triton.cdiv(N, EW_BM), G * triton.cdiv(S, BJ)), BJ
+
+
+def pool_forward(us, bs, z, N, S, R, rank_major, relu):
+    """z <- the pooling of projections us = [U0, U1(, V0, V1)] (G, rows, R*S), biases bs (G, R*S) or None."""
+    G = us[0].shape[0]
+    if N == 0 or S == 0:
+        return
+    grid, BJ = _ew_grid(N, G, S)
+    two = len(us) == 4
+    u = us + [us[0], us[1]] * (not two)
+    b = [t if t is not None else us[0] for t in bs]
+    _pool_ew_fwd_kernel[grid](u[0], u[1], b[0], b[1], u[2], u[3], b[2], b[3], z, N, G, S, R, N // us[0].shape[1],
+                              N // us[1].shape[1], z.stride(0), HAS_B=bs[0] is not None, TWO=two,
+                              RANK_MAJOR=rank_major, RELU=relu, BM=EW_BM, BJ=BJ, num_warps=EW_WARPS)
+
+
+def pool_backward(us, bs, dz, dus, N, S, R, rank_major, relu):
+    """dus (G, N, R*S) <- the gradients of the projections' pre-activations."""
+    G = us[0].shape[0]
+    if N == 0 or S == 0:
+        return
+    grid, BJ = _ew_grid(N, G, S)
+    two = len(us) == 4
+    u = us + [us[0], us[1]] * (not two)
+    d = dus + [dus[0], dus[1]] * (not two)
+    b = [t if t is not None else us[0] for t in bs]
+    _pool_ew_bwd_kernel[grid](u[0], u[1], b[0], b[1], u[2], u[3], b[2], b[3], dz, d[0], d[1], d[2], d[3], N, G, S, R,
+                              N // us[0].shape[1], N // us[1].shape[1], dz.stride(0), HAS_B=bs[0] is not None,
+                              TWO=two, RANK_MAJOR=rank_major, RELU=relu, BM=EW_BM, BJ=BJ, num_warps=EW_WARPS)
+
+
 def _aot_specs():
     specs = []
     for dtype, t in _TL.items():
@@ -216,6 +334,16 @@ def _aot_specs():
                     specs.append(dict(name=name, kernel=kernel, signature=sig, constexprs=const, num_warps=warps,
                                       num_stages=stages, config=f"{str(dtype)[6:]} {'two-stage' if two else 'one-stage'}"
                                                                 f" {BM}x{BJ}x{BLOCK_K} w{warps} s{stages}"))
+        for two in (False, True):
+            for BJ in (32, 64):
+                for name, kernel in (("product_pool_ew_fwd", _pool_ew_fwd_kernel),
+                                     ("product_pool_ew_bwd", _pool_ew_bwd_kernel)):
+                    const = dict(HAS_B=True, TWO=two, RANK_MAJOR=True, RELU=True, BM=EW_BM, BJ=BJ)
+                    sig = {p: "constexpr" if p in const else ("*" + t) if p[0] in "UBVCZD" else "i32"
+                           for p in inspect.signature(kernel.fn).parameters}
+                    specs.append(dict(name=name, kernel=kernel, signature=sig, constexprs=const, num_warps=EW_WARPS,
+                                      num_stages=1, config=f"{str(dtype)[6:]} {'two-stage' if two else 'one-stage'}"
+                                                           f" {EW_BM}x{BJ} w{EW_WARPS}"))
     return specs
 
 

@@ -14,7 +14,7 @@ from harness import HAS_GPU, assert_within_rule, backend_cases, leaf_like
 # (G, R, S, K0, K1, lead0, lead1): equal rows, a question against regions both ways, an empty batch, and a shape
 # with several column blocks and a K loop (S > BLOCK_J, K > BLOCK_K)
 POOL_SHAPES = [(3, 4, 5, 7, 6, (5,), (5,)), (2, 3, 4, 5, 3, (3, 1), (3, 4)), (1, 2, 6, 4, 9, (2, 3), (2, 1)),
-               (2, 3, 5, 4, 4, (0,), (0,)), (2, 3, 70, 40, 33, (3,), (3,))]
+               (2, 3, 5, 4, 4, (0,), (0,)), (2, 3, 70, 40, 33, (3,), (3,)), (1, 2, 6, 300, 260, (2, 3), (2, 1))]
 POOL_KINDS = [(False, True, None), (False, False, "relu"), (True, False, "relu"), (True, True, None)]
 
 
@@ -58,6 +58,18 @@ def test_product_pool_against_reference(backend, device, dtype, two, rank_major,
     assert_within_rule("z", z, low_z, ref_z, dtype)
     for name in ref_g:
         assert_within_rule("d" + name, g[name], low_g[name], ref_g[name], dtype)
+
+
+@pytest.mark.parametrize("G,R,S,K0,K1,lead0,lead1", [POOL_SHAPES[1], POOL_SHAPES[2], POOL_SHAPES[3]])
+@pytest.mark.parametrize("two,rank_major,activation", POOL_KINDS)
+@pytest.mark.parametrize("backend,device,dtype", backend_cases(backends=("triton",),
+                                                               dtypes=(torch.float32, torch.bfloat16)))
+def test_product_pool_triton_gemm_strategy(backend, device, dtype, two, rank_major, activation, G, R, S, K0, K1, lead0,
+                                           lead1, monkeypatch):
+    """The triton backend's other way (torch's GEMMs, then the Triton pooling), forced at small K."""
+    monkeypatch.setattr(crossfuse.ops.fusions, "FUSED_MAX_K", 0)
+    test_product_pool_against_reference(backend, device, dtype, two, rank_major, activation, G, R, S, K0, K1, lead0,
+                                        lead1)
 
 
 # ---- the modules --------------------------------------------------------------------------------------------

@@ -5,9 +5,11 @@ product_pool, with G groups of S outputs, rank (or factor) R and weights (G, R*S
     z[n, g*S + j] = sum_r act(x0[n0] W0[g, row(r, j)] + b0) * act(x1[n1] W1[g, row(r, j)] + b1)
 over the group's K input columns, row(r, j) = r*S + j (rank_major) or j*R + r. A second stage (MFH) adds
     z[n, (G + g)*S + j] = sum_r act(x0 V0 + c0) * act(x1 V1 + c1) * act(x0 W0 + b0) * act(x1 W1 + b1).
-Backends: `triton` (one kernel; the (rows, R*S) projections never reach memory in the forward, and nothing of
-that size is kept for the backward, which recomputes them), `cpu` (torch's batched GEMMs for the projections, one
-C++ pass for the pooling each way), `reference` (plain torch).
+Backends: `triton` for CUDA tensors, in one of two ways by the projections' input width K: up to FUSED_MAX_K (Block's
+chunks) one kernel does the grouped GEMM with the pooling in its epilogue, so the (rows, R*S) projections never
+reach memory and nothing of that size is kept for the backward, which recomputes them; above it (Mutan, MFB, MFH)
+cuBLAS's GEMMs beat that kernel (measured on an H200), so torch computes the projections and one Triton pass pools
+them (one pass back too). `cpu`: torch's GEMMs group by group, one C++ pass each way. `reference`: plain torch.
 """
 from __future__ import annotations
 
@@ -20,6 +22,11 @@ from crossfuse import _backend
 
 OP = "product_pool"
 _backend.register_op(OP, ("reference", "triton", "cpu"))
+FUSED_MAX_K = 256  # triton: the fused grouped-GEMM kernel up to this input width per group, cuBLAS + pooling above
+
+
+def _fused(backend, w0, w1):
+    return backend == "triton" and max(w0.shape[2], w1.shape[2]) <= FUSED_MAX_K
 ACTIVATIONS = (None, "relu")
 
 
@@ -120,6 +127,40 @@ def _forward_triton(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu)
     return z
 
 
+def _forward_gemm(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
+    """(z, [U0, U1(, V0, V1)]): the projections (G, rows, R*S) by torch's GEMMs, without biases, pooled by Triton."""
+    xs = (x0, x1)
+    us = [torch.bmm(xs[k % 2].reshape(xs[k % 2].shape[0], w.shape[0], w.shape[2]).transpose(0, 1), w.transpose(1, 2))
+          for k, w in enumerate((w0, w1, v0, v1)) if w is not None]
+    G, RS = w0.shape[0], w0.shape[1]
+    S = RS // R
+    N = max(x0.shape[0], x1.shape[0])
+    z = _backend.empty((N, (2 if v0 is not None else 1) * G * S), dtype=x0.dtype, device=x0.device)
+    _kernels().pool_forward(us, [b0, b1, c0, c1], z, N, S, R, rank_major, relu)
+    return z, us
+
+
+def _broadcast_sum(dus, N, rep0, rep1, dtype):
+    """The broadcast side's rows of dU (G, N, R*S): the sum over the rows that read each (fp32 accumulation)."""
+    for i, rep in ((0, rep0), (1, rep1)):
+        if rep > 1:
+            for k in range(i, len(dus), 2):
+                G, _, RS = dus[k].shape
+                dus[k] = dus[k].view(G, N // rep, rep, RS).sum(2, dtype=torch.float32).to(dtype)
+    return dus
+
+
+def _backward_gemm(dz, x0, x1, us, b0, b1, c0, c1, R, rank_major, relu):
+    G, _, RS = us[0].shape
+    N, rep0, rep1 = _reps(x0, x1)
+    dus = [_backend.empty((G, N, RS), dtype=x0.dtype, device=x0.device) for _ in us]
+    dz = dz.to(x0.dtype)
+    if dz.stride(-1) != 1:
+        dz = dz.contiguous()
+    _kernels().pool_backward(us, [b0, b1, c0, c1], dz, dus, N, RS // R, R, rank_major, relu)
+    return _broadcast_sum(dus, N, rep0, rep1, x0.dtype)
+
+
 def _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
     G, RS = w0.shape[0], w0.shape[1]
     N, rep0, rep1 = _reps(x0, x1)
@@ -130,12 +171,7 @@ def _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, 
         dz = dz.contiguous()
     _kernels().backward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, dz, *dus, *([None, None] if v0 is None else []),
                         RS // R if R else 0, R, rank_major, relu)
-    # The broadcast side's rows: the sum over the rows that read each (fp32 accumulation).
-    for i, rep in ((0, rep0), (1, rep1)):
-        if rep > 1:
-            for k in range(i, len(dus), 2):
-                dus[k] = dus[k].view(G, N // rep, rep, RS).sum(2, dtype=torch.float32).to(x0.dtype)
-    return dus
+    return _broadcast_sum(dus, N, rep0, rep1, x0.dtype)
 
 
 # ---- the custom ops ---------------------------------------------------------------------------------------------
@@ -144,9 +180,13 @@ def _pool_op(backend: str, rank: int, rank_major: bool, relu: bool, x0: torch.Te
              w0: torch.Tensor, b0: torch.Tensor | None, w1: torch.Tensor, b1: torch.Tensor | None,
              v0: torch.Tensor | None, c0: torch.Tensor | None, v1: torch.Tensor | None, c1: torch.Tensor | None
              ) -> list[torch.Tensor]:
-    """[z, then on the cpu backend the fp32 projections the backward reads]."""
-    if backend == "triton":
+    """[z, then the projections the backward reads: none for the fused kernel; U0, U1(, V0, V1) (G, rows, R*S) for
+    triton above FUSED_MAX_K; per group fp32 (rows, R*S) ones on cpu]."""
+    if _fused(backend, w0, w1):
         return [_forward_triton(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)]
+    if backend == "triton":
+        z, us = _forward_gemm(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
+        return [z] + us
     z, us = _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
     return [z.to(x0.dtype)] + us
 
@@ -157,7 +197,10 @@ def _(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1):
     P = 2 if v0 is not None else 1
     N = max(x0.shape[0], x1.shape[0])
     out = [x0.new_empty((N, P * G * (RS // rank)))]
-    if backend != "triton":  # per group u0, u1(, v0, v1): distinct tensors (outputs must not alias each other)
+    # distinct tensors: outputs must not alias each other
+    if backend == "triton" and not _fused(backend, w0, w1):
+        out += [x0.new_empty((G, x.shape[0], RS)) for x in (x0, x1) * P]
+    elif backend != "triton":  # per group u0, u1(, v0, v1)
         out += [x0.new_empty((x.shape[0], RS), dtype=torch.float32) for _ in range(G) for x in (x0, x1) * P]
     return out
 
@@ -170,7 +213,10 @@ def _pool_backward_op(backend: str, rank: int, rank_major: bool, relu: bool, nee
     """Gradients of (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1); an empty tensor where not needed or absent."""
     ref = (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
     if backend == "triton":
-        dus = _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
+        if _fused(backend, w0, w1):
+            dus = _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
+        else:
+            dus = _backward_gemm(dz, x0, x1, us, b0, b1, c0, c1, rank, rank_major, relu)
         grads = [None] * 10
         for k, du in enumerate(dus):  # k: 0 = (x0, w0, b0), 1 = (x1, w1, b1), 2 = (x0, v0, c0), 3 = (x1, v1, c1)
             side = k % 2
