@@ -127,11 +127,19 @@ def _forward_triton(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu)
     return z
 
 
+def _gemm_projection(x, w):
+    """(G, rows, R*S) = x (rows, G*K) against w (G, R*S, K): one plain GEMM when G == 1 (the cuBLAS path
+    F.linear takes), a batched one otherwise."""
+    G, _, K = w.shape
+    if G == 1:
+        return torch.mm(x, w[0].t()).unsqueeze(0)
+    return torch.bmm(x.reshape(x.shape[0], G, K).transpose(0, 1), w.transpose(1, 2))
+
+
 def _forward_gemm(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
     """(z, [U0, U1(, V0, V1)]): the projections (G, rows, R*S) by torch's GEMMs, without biases, pooled by Triton."""
     xs = (x0, x1)
-    us = [torch.bmm(xs[k % 2].reshape(xs[k % 2].shape[0], w.shape[0], w.shape[2]).transpose(0, 1), w.transpose(1, 2))
-          for k, w in enumerate((w0, w1, v0, v1)) if w is not None]
+    us = [_gemm_projection(xs[k % 2], w) for k, w in enumerate((w0, w1, v0, v1)) if w is not None]
     G, RS = w0.shape[0], w0.shape[1]
     S = RS // R
     N = max(x0.shape[0], x1.shape[0])
