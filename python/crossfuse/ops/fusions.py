@@ -128,11 +128,9 @@ def _forward_triton(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu)
 
 
 def _gemm_projection(x, w):
-    """(G, rows, R*S) = x (rows, G*K) against w (G, R*S, K): one plain GEMM when G == 1 (the cuBLAS path
-    F.linear takes), a batched one otherwise."""
+    """(G, rows, R*S) = x (rows, G*K) against w (G, R*S, K), one batched GEMM also for one group (on the H200
+    Mutan's B=1024 forward took 306 us so, 400 us with a plain mm: cuBLAS picks another kernel)."""
     G, _, K = w.shape
-    if G == 1:
-        return torch.mm(x, w[0].t()).unsqueeze(0)
     return torch.bmm(x.reshape(x.shape[0], G, K).transpose(0, 1), w.transpose(1, 2))
 
 
@@ -183,11 +181,7 @@ def _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, 
 
 
 # ---- the custom ops ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("crossfuse::product_pool", mutates_args=())
-def _pool_op(backend: str, rank: int, rank_major: bool, relu: bool, x0: torch.Tensor, x1: torch.Tensor,
-             w0: torch.Tensor, b0: torch.Tensor | None, w1: torch.Tensor, b1: torch.Tensor | None,
-             v0: torch.Tensor | None, c0: torch.Tensor | None, v1: torch.Tensor | None, c1: torch.Tensor | None
-             ) -> list[torch.Tensor]:
+def _pool_impl(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1):
     """[z, then the projections the backward reads: none for the fused kernel; U0, U1(, V0, V1) (G, rows, R*S) for
     triton above FUSED_MAX_K; per group fp32 (rows, R*S) ones on cpu]."""
     if _fused(backend, w0, w1):
@@ -197,6 +191,15 @@ def _pool_op(backend: str, rank: int, rank_major: bool, relu: bool, x0: torch.Te
         return [z] + us
     z, us = _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
     return [z.to(x0.dtype)] + us
+
+
+# Custom ops for torch.compile (eager calls skip their dispatch, about 100 us of host time a call: _PoolFunction).
+@torch.library.custom_op("crossfuse::product_pool", mutates_args=())
+def _pool_op(backend: str, rank: int, rank_major: bool, relu: bool, x0: torch.Tensor, x1: torch.Tensor,
+             w0: torch.Tensor, b0: torch.Tensor | None, w1: torch.Tensor, b1: torch.Tensor | None,
+             v0: torch.Tensor | None, c0: torch.Tensor | None, v1: torch.Tensor | None, c1: torch.Tensor | None
+             ) -> list[torch.Tensor]:
+    return _pool_impl(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
 
 
 @_pool_op.register_fake
@@ -213,11 +216,7 @@ def _(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1):
     return out
 
 
-@torch.library.custom_op("crossfuse::product_pool_backward", mutates_args=())
-def _pool_backward_op(backend: str, rank: int, rank_major: bool, relu: bool, needs: list[bool], dz: torch.Tensor,
-                      x0: torch.Tensor, x1: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor | None, w1: torch.Tensor,
-                      b1: torch.Tensor | None, v0: torch.Tensor | None, c0: torch.Tensor | None,
-                      v1: torch.Tensor | None, c1: torch.Tensor | None, us: list[torch.Tensor]) -> list[torch.Tensor]:
+def _pool_backward_impl(backend, rank, rank_major, relu, needs, dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, us):
     """Gradients of (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1); an empty tensor where not needed or absent."""
     ref = (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
     if backend == "triton":
@@ -236,6 +235,15 @@ def _pool_backward_op(backend: str, rank: int, rank_major: bool, relu: bool, nee
     else:
         grads = _backward_cpu(dz, us, ref, rank, rank_major, relu, needs)
     return [x0.new_empty(0) if g is None else g.to(ref[i].dtype) for i, g in enumerate(grads)]
+
+
+@torch.library.custom_op("crossfuse::product_pool_backward", mutates_args=())
+def _pool_backward_op(backend: str, rank: int, rank_major: bool, relu: bool, needs: list[bool], dz: torch.Tensor,
+                      x0: torch.Tensor, x1: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor | None, w1: torch.Tensor,
+                      b1: torch.Tensor | None, v0: torch.Tensor | None, c0: torch.Tensor | None,
+                      v1: torch.Tensor | None, c1: torch.Tensor | None, us: list[torch.Tensor]) -> list[torch.Tensor]:
+    return _pool_backward_impl(backend, rank, rank_major, relu, needs, dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1,
+                               us)
 
 
 @_pool_backward_op.register_fake
@@ -264,6 +272,27 @@ def _backward(ctx, grads):
 
 
 _pool_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _PoolFunction(torch.autograd.Function):
+    """The eager path: the same forward and backward as the custom ops, without their dispatch."""
+
+    @staticmethod
+    def forward(ctx, backend, rank, rank_major, relu, *tensors):
+        out = _pool_impl(backend, rank, rank_major, relu, *tensors)
+        ctx.args = (backend, rank, rank_major, relu)
+        ctx.present = [t is not None for t in tensors]
+        ctx.save_for_backward(*tensors, *out[1:])
+        return out[0]
+
+    @staticmethod
+    def backward(ctx, dz):
+        saved = ctx.saved_tensors
+        needs = [bool(n) and p for n, p in zip(ctx.needs_input_grad[4:], ctx.present)]
+        if not any(needs):
+            return (None,) * 14
+        g = _pool_backward_impl(*ctx.args, needs, dz, *saved[:10], list(saved[10:]))
+        return (None,) * 4 + tuple(t if need else None for t, need in zip(g, needs))
 
 
 # ---- the public functions -------------------------------------------------------------------------------------
@@ -357,8 +386,14 @@ def product_pool(x0, x1, weight0, weight1, bias0=None, bias1=None, *, rank, rank
                 weight0_2=weight0_2, weight1_2=weight1_2, bias0_2=bias0_2, bias1_2=bias1_2)
     else:
         c = lambda t: None if t is None else t.contiguous()  # noqa: E731
-        z = _pool_op(chosen, rank, rank_major, activation == "relu", a, b, c(weight0), c(bias0), c(weight1),
-                     c(bias1), c(weight0_2), c(bias0_2), c(weight1_2), c(bias1_2))[0]
+        args = (chosen, rank, rank_major, activation == "relu", a, b, c(weight0), c(bias0), c(weight1), c(bias1),
+                c(weight0_2), c(bias0_2), c(weight1_2), c(bias1_2))
+        if torch.compiler.is_compiling():
+            z = _pool_op(*args)[0]
+        elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[4:]):
+            z = _PoolFunction.apply(*args)
+        else:
+            z = _pool_impl(*args)[0]
     return z.reshape(*lead, z.shape[-1])
 
 
