@@ -82,6 +82,44 @@ def _tile(N, G, S, R, REP0, REP1, BM: tl.constexpr, BJ: tl.constexpr):
 
 
 @triton.jit
+def _load_dz(DZ, s_dz, n, g, j, G, S, m2, TWO: tl.constexpr):
+    """This tile's gradient of the pooled output (and of the second stage's, or the first again)."""
+    dz = tl.load(DZ + n[:, None] * s_dz + (g * S + j)[None, :], mask=m2, other=0.0).to(tl.float32)
+    dz2 = dz
+    if TWO:
+        dz2 = tl.load(DZ + n[:, None] * s_dz + (G * S + g * S + j)[None, :], mask=m2, other=0.0).to(tl.float32)
+    return dz, dz2
+
+
+@triton.jit
+def _store_grads(u0, u1, v0, v1, dz, dz2, DU0, DU1, DV0, DV1, wrows, m2, TWO: tl.constexpr, RELU: tl.constexpr):
+    """dL/d(pre-activation) of each projection for one rank index, from the pre-activations u (and the second
+    stage's v) and the pooled outputs' gradients, stored at columns wrows of the dU rows DU* point to."""
+    a0 = _act(u0, RELU)
+    a1 = _act(u1, RELU)
+    dp = dz
+    if TWO:
+        c0 = _act(v0, RELU)
+        c1 = _act(v1, RELU)
+        dp = dz + dz2 * c0 * c1
+        dq = dz2 * a0 * a1
+        dv0 = dq * c1
+        dv1 = dq * c0
+        if RELU:
+            dv0 = tl.where(v0 > 0, dv0, 0.0)
+            dv1 = tl.where(v1 > 0, dv1, 0.0)
+        store(DV0, 1, 1, 0, wrows[None, :], m2, dv0)
+        store(DV1, 1, 1, 0, wrows[None, :], m2, dv1)
+    du0 = dp * a1
+    du1 = dp * a0
+    if RELU:
+        du0 = tl.where(u0 > 0, du0, 0.0)
+        du1 = tl.where(u1 > 0, du1, 0.0)
+    store(DU0, 1, 1, 0, wrows[None, :], m2, du0)
+    store(DU1, 1, 1, 0, wrows[None, :], m2, du1)
+
+
+@triton.jit
 def _pool_fwd_kernel(X0, X1, W0, B0, W1, B1, V0, C0, V1, C1, Z, N, G, S, R, K0, K1, REP0, REP1, s_x0, s_x1, s_z,
                      HAS_B: tl.constexpr, TWO: tl.constexpr, RANK_MAJOR: tl.constexpr, RELU: tl.constexpr,
                      DOT_F32: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BJ: tl.constexpr,
@@ -114,39 +152,17 @@ def _pool_bwd_kernel(X0, X1, W0, B0, W1, B1, V0, C0, V1, C1, DZ, DU0, DU1, DV0, 
     g, n, mn, r0, r1, j, mj = _tile(N, G, S, R, REP0, REP1, BM, BJ)
     RS = R * S
     m2 = mn[:, None] & mj[None, :]
-    dz = tl.load(DZ + n[:, None] * s_dz + (g * S + j)[None, :], mask=m2, other=0.0).to(tl.float32)
-    dz2 = dz
-    if TWO:
-        dz2 = tl.load(DZ + n[:, None] * s_dz + (G * S + g * S + j)[None, :], mask=m2, other=0.0).to(tl.float32)
+    dz, dz2 = _load_dz(DZ, s_dz, n, g, j, G, S, m2, TWO)
     out = g * N * RS + n[:, None] * RS  # dU rows: (G, N, R*S)
     for r in range(R):
         wrows = r * S + j if RANK_MAJOR else j * R + r
         u0, u1 = _both(X0, X1, W0, B0, W1, B1, g, RS, r0, r1, mn, wrows, mj, s_x0, s_x1, K0, K1, HAS_B, DOT_F32,
                        PREC, BM, BJ, BK)
-        a0 = _act(u0, RELU)
-        a1 = _act(u1, RELU)
-        dp = dz
+        v0, v1 = u0, u1
         if TWO:
             v0, v1 = _both(X0, X1, V0, C0, V1, C1, g, RS, r0, r1, mn, wrows, mj, s_x0, s_x1, K0, K1, HAS_B, DOT_F32,
                            PREC, BM, BJ, BK)
-            c0 = _act(v0, RELU)
-            c1 = _act(v1, RELU)
-            dp = dz + dz2 * c0 * c1
-            dq = dz2 * a0 * a1
-            dv0 = dq * c1
-            dv1 = dq * c0
-            if RELU:
-                dv0 = tl.where(v0 > 0, dv0, 0.0)
-                dv1 = tl.where(v1 > 0, dv1, 0.0)
-            store(DV0 + out, 1, 1, 0, wrows[None, :], m2, dv0)
-            store(DV1 + out, 1, 1, 0, wrows[None, :], m2, dv1)
-        du0 = dp * a1
-        du1 = dp * a0
-        if RELU:
-            du0 = tl.where(u0 > 0, du0, 0.0)
-            du1 = tl.where(u1 > 0, du1, 0.0)
-        store(DU0 + out, 1, 1, 0, wrows[None, :], m2, du0)
-        store(DU1 + out, 1, 1, 0, wrows[None, :], m2, du1)
+        _store_grads(u0, u1, v0, v1, dz, dz2, DU0 + out, DU1 + out, DV0 + out, DV1 + out, wrows, m2, TWO, RELU)
 
 
 # ---- the pooling alone, on projections computed by cuBLAS (large K, where torch's GEMMs beat _proj) -----------
@@ -195,39 +211,17 @@ def _pool_ew_bwd_kernel(U0, U1, B0, B1, V0, V1, C0, C1, DZ, DU0, DU1, DV0, DV1, 
     rows0 = g * (N // REP0) + r0
     rows1 = g * (N // REP1) + r1
     m2 = mn[:, None] & mj[None, :]
-    dz = tl.load(DZ + n[:, None] * s_dz + (g * S + j)[None, :], mask=m2, other=0.0).to(tl.float32)
-    dz2 = dz
-    if TWO:
-        dz2 = tl.load(DZ + n[:, None] * s_dz + (G * S + g * S + j)[None, :], mask=m2, other=0.0).to(tl.float32)
+    dz, dz2 = _load_dz(DZ, s_dz, n, g, j, G, S, m2, TWO)
     out = g * N * RS + n[:, None] * RS  # dU rows: (G, N, R*S), every output row (the host sums a broadcast side)
     for r in range(R):
         wrows = r * S + j if RANK_MAJOR else j * R + r
         u0 = _ld(U0, B0, g, RS, rows0, mn, wrows, mj, HAS_B)
         u1 = _ld(U1, B1, g, RS, rows1, mn, wrows, mj, HAS_B)
-        a0 = _act(u0, RELU)
-        a1 = _act(u1, RELU)
-        dp = dz
+        v0, v1 = u0, u1
         if TWO:
             v0 = _ld(V0, C0, g, RS, rows0, mn, wrows, mj, HAS_B)
             v1 = _ld(V1, C1, g, RS, rows1, mn, wrows, mj, HAS_B)
-            c0 = _act(v0, RELU)
-            c1 = _act(v1, RELU)
-            dp = dz + dz2 * c0 * c1
-            dq = dz2 * a0 * a1
-            dv0 = dq * c1
-            dv1 = dq * c0
-            if RELU:
-                dv0 = tl.where(v0 > 0, dv0, 0.0)
-                dv1 = tl.where(v1 > 0, dv1, 0.0)
-            store(DV0 + out, 1, 1, 0, wrows[None, :], m2, dv0)
-            store(DV1 + out, 1, 1, 0, wrows[None, :], m2, dv1)
-        du0 = dp * a1
-        du1 = dp * a0
-        if RELU:
-            du0 = tl.where(u0 > 0, du0, 0.0)
-            du1 = tl.where(u1 > 0, du1, 0.0)
-        store(DU0 + out, 1, 1, 0, wrows[None, :], m2, du0)
-        store(DU1 + out, 1, 1, 0, wrows[None, :], m2, du1)
+        _store_grads(u0, u1, v0, v1, dz, dz2, DU0 + out, DU1 + out, DV0 + out, DV1 + out, wrows, m2, TWO, RELU)
 
 
 # ---- launchers ------------------------------------------------------------------------------------------

@@ -11,12 +11,18 @@
 namespace crossfuse {
 namespace {
 
+// Below this many projection elements a parallel region costs more than the pass (the threads' wake-up).
+constexpr int64_t kParallelMin = 1 << 16;
+
 template <bool RELU>
 inline float act(float u) { return RELU ? (u > 0.f ? u : 0.f) : u; }
-// Bias row g of a (G, R*S) bias, or a row of zeros.
-inline const float* bias_row(const float* b, int64_t g, int64_t RS, const float* zeros) {
-  return b ? b + g * RS : zeros;
-}
+// Row g of the four (G, R*S) biases (of u0, u1, v0, v1), a row of zeros for an absent one.
+struct BiasRows {
+  const float *b0, *b1, *c0, *c1;
+  BiasRows(const PoolArgs& a, int64_t g, int64_t RS, const float* zeros)
+      : b0(a.b0 ? a.b0 + g * RS : zeros), b1(a.b1 ? a.b1 + g * RS : zeros),
+        c0(a.c0 ? a.c0 + g * RS : zeros), c1(a.c1 ? a.c1 + g * RS : zeros) {}
+};
 template <bool RELU>
 inline float gate(float u, float d) { return RELU ? (u > 0.f ? d : 0.f) : d; }
 
@@ -25,13 +31,14 @@ void pool_fwd(const PoolArgs& a) {
   const int64_t G = a.G, N = a.N, S = a.S, R = a.R, RS = R * S;
   const int64_t N0 = N / a.rep0, N1 = N / a.rep1;
   const std::vector<float> zeros(RS, 0.f);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (G * N * RS >= kParallelMin)
   for (int64_t g = 0; g < G; ++g)
     for (int64_t n = 0; n < N; ++n) {
-      const float* __restrict b0 = bias_row(a.b0, g, RS, zeros.data());
-      const float* __restrict b1 = bias_row(a.b1, g, RS, zeros.data());
-      const float* __restrict c0 = bias_row(a.c0, g, RS, zeros.data());
-      const float* __restrict c1 = bias_row(a.c1, g, RS, zeros.data());
+      const BiasRows br(a, g, RS, zeros.data());
+      const float* __restrict b0 = br.b0;
+      const float* __restrict b1 = br.b1;
+      const float* __restrict c0 = br.c0;
+      const float* __restrict c1 = br.c1;
       const float* __restrict u0 = a.u0 + (g * N0 + n / a.rep0) * RS;
       const float* __restrict u1 = a.u1 + (g * N1 + n / a.rep1) * RS;
       const float* __restrict v0 = TWO ? a.v0 + (g * N0 + n / a.rep0) * RS : nullptr;
@@ -73,13 +80,14 @@ void pool_bwd(const PoolArgs& a) {
   const int64_t rep = std::max(a.rep0, a.rep1), outer = N / rep;
   const int64_t N0 = N / a.rep0, N1 = N / a.rep1;
   const std::vector<float> zeros(RS, 0.f);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (G * N * RS >= kParallelMin)
   for (int64_t g = 0; g < G; ++g)
     for (int64_t o = 0; o < outer; ++o) {
-      const float* __restrict b0 = bias_row(a.b0, g, RS, zeros.data());
-      const float* __restrict b1 = bias_row(a.b1, g, RS, zeros.data());
-      const float* __restrict c0 = bias_row(a.c0, g, RS, zeros.data());
-      const float* __restrict c1 = bias_row(a.c1, g, RS, zeros.data());
+      const BiasRows br(a, g, RS, zeros.data());
+      const float* __restrict b0 = br.b0;
+      const float* __restrict b1 = br.b1;
+      const float* __restrict c0 = br.c0;
+      const float* __restrict c1 = br.c1;
       if (BC == 0) {
         std::fill(a.du0 + (g * N0 + o) * RS, a.du0 + (g * N0 + o + 1) * RS, 0.f);
         if (TWO) std::fill(a.dv0 + (g * N0 + o) * RS, a.dv0 + (g * N0 + o + 1) * RS, 0.f);

@@ -1,4 +1,4 @@
-"""python -m crossfuse.bench [--quick] [--op NAME] [--device cpu|cuda] [--out DIR]"""
+"""python -m crossfuse.bench [--quick] [--op NAME] [--device cpu|cuda] [--out DIR] [--suffix TEXT]"""
 import argparse
 import importlib
 import os
@@ -16,6 +16,7 @@ def main(argv=None):
     p.add_argument("--op", action="append", choices=OPS, help="benchmark only this op (repeatable)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--suffix", default="", help="appended to the results' file names (a partial run beside a full one)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     print(f"crossfuse.bench on {device_name(device)}; torch threads {torch.get_num_threads()}")
@@ -23,7 +24,7 @@ def main(argv=None):
     for op in args.op or OPS:
         mod = importlib.import_module(f"crossfuse.bench.{op}")
         rows += run_cases(mod.cases(device, args.quick), device, args.quick)
-        paths = write_results(rows, device, args.out, args.quick)  # after each op: a time limit keeps what ran
+        paths = write_results(rows, device, args.out, args.quick, args.suffix)  # after each op: a time limit keeps what ran
     print()
     print(markdown(rows, device_name(device), {}))
     print("wrote " + ", ".join(paths))

@@ -17,7 +17,7 @@ GPU_SHAPES = [(n, B, r) for n in ("Block", "Mutan", "MFB", "MFH") for B, r in ((
 QUICK_GPU = [(n, B, r) for n in ("Block", "Mutan", "MFB") for B, r in ((1024, False), (256, True))]
 CPU_SHAPES = [(n, B, r) for n in ("Block", "Mutan", "MFB", "MFH") for B, r in ((256, False), (1024, False),
                                                                                 (16, True))]
-QUICK_CPU = [(n, 256, False) for n in ("Block", "Mutan", "MFB")]
+QUICK_CPU = [(n, B, r) for n in ("Block", "Mutan", "MFB") for B, r in ((256, False), (16, True))]
 
 
 def make(name):

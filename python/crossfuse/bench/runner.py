@@ -172,10 +172,10 @@ def plot(rows: list[dict], path: str, title: str) -> bool:
     return True
 
 
-def write_results(rows: list[dict], device: torch.device, out_dir: str, quick: bool) -> list[str]:
+def write_results(rows: list[dict], device: torch.device, out_dir: str, quick: bool, suffix: str = "") -> list[str]:
     name = device_name(device)
     date = datetime.date.today().isoformat()
-    base = os.path.join(out_dir, f"{slug(name)}-{date}{'-quick' if quick else ''}")
+    base = os.path.join(out_dir, f"{slug(name)}-{date}{'-quick' if quick else ''}{'-' + suffix if suffix else ''}")
     os.makedirs(out_dir, exist_ok=True)
     import crossfuse
     header = {"device": name, "date": date, "crossfuse": crossfuse.__version__, "torch": torch.__version__,

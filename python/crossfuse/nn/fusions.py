@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossfuse.ops.fusions import compact_bilinear_pooling, product_pool, signed_sqrt_normalize
+from crossfuse.ops.fusions import broadcast_lead, compact_bilinear_pooling, product_pool, signed_sqrt_normalize
 
 __all__ = ["LinearSum", "ConcatMLP", "MLB", "MFB", "MFH", "Mutan", "Tucker", "Block", "BlockTucker", "MCB", "GMU",
            "FiLM", "GatedTanh", "chunk_sizes"]
@@ -66,10 +66,8 @@ def _inputs(cls, x, input_dims):
         x0 = x0.unsqueeze(1)
     elif x1.dim() == 2 and x0.dim() == 3:
         x1 = x1.unsqueeze(1)
-    try:
-        torch.broadcast_shapes(x0.shape[:-1], x1.shape[:-1])
-    except RuntimeError:
-        raise ValueError(f"{cls}.forward: x[0] {tuple(x0.shape)} and x[1] {tuple(x1.shape)} do not broadcast") from None
+    if broadcast_lead(x0.shape[:-1], x1.shape[:-1]) is None:
+        raise ValueError(f"{cls}.forward: x[0] {tuple(x0.shape)} and x[1] {tuple(x1.shape)} do not broadcast")
     return x0, x1
 
 

@@ -311,12 +311,27 @@ def _check_weight(name, w, b, G, K, dtype, device):
                          f"got {tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}")
 
 
+def broadcast_lead(s0, s1):
+    """torch.broadcast_shapes for two shapes of plain ints, without its symbolic-shape machinery (about 60 us a call
+    on a small CPU); None when they do not broadcast."""
+    n = max(len(s0), len(s1))
+    s0, s1 = (1,) * (n - len(s0)) + tuple(s0), (1,) * (n - len(s1)) + tuple(s1)
+    out = []
+    for a, b in zip(s0, s1):
+        if a != b and a != 1 and b != 1:
+            return None
+        out.append(b if a == 1 else a)
+    return tuple(out)
+
+
 def _rows(x0, x1):
     """Flattened rows of x0, x1 and the output's leading shape. The lead shapes must be equal, or one must be the
     other with its trailing dimensions set to 1 (a question (B, 1, d) against regions (B, R, d)), which is read
     without being expanded; any other broadcast is expanded."""
     l0, l1 = tuple(x0.shape[:-1]), tuple(x1.shape[:-1])
-    lead = torch.broadcast_shapes(l0, l1)
+    lead = broadcast_lead(l0, l1)
+    if lead is None:
+        raise ValueError(f"product_pool: the leading dimensions of x0 {l0} and x1 {l1} do not broadcast")
     flat = lambda x: x.reshape(-1, x.shape[-1]) if x.stride(-1) == 1 else x.contiguous().reshape(-1, x.shape[-1])  # noqa: E731,E501
 
     def tiles(l):  # l == lead with a run of trailing 1s
