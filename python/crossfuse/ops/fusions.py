@@ -64,8 +64,10 @@ def _cpu_weights(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1):
     return (_f32(x0), _f32(x1)), [_f32(w) for w in (w0, w1, v0, v1)], [_f32(b) for b in (b0, b1, c0, c1)]
 
 
-def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
-    """(z fp32, [per group: u0, u1(, v0, v1)] without their biases, which the C++ pass adds)."""
+def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu, keep=True):
+    """(z fp32, per group u0, u1(, v0, v1) without their biases, which the C++ pass adds). Without `keep` (no
+    backward) the list is empty and each group's buffers are freed before the next group's are taken, so one heap
+    block, hot in cache, serves them all."""
     xs, ws, bs = _cpu_weights(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
     G, RS, _ = w0.shape
     S, P = RS // R, 2 if v0 is not None else 1
@@ -77,7 +79,8 @@ def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
         p = [_ptr(u) for u in ug] + [0] * (4 - len(ug)) + [z.data_ptr() + 4 * g * S, 0, 0, 0, 0, 0] + \
             [0 if b is None else b[g].data_ptr() for b in bs]
         _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, False, P * G * S, G * S, p)
-        us += ug
+        if keep:
+            us += ug
     return z, us
 
 
@@ -181,7 +184,7 @@ def _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, 
 
 
 # ---- the custom ops ---------------------------------------------------------------------------------------------
-def _pool_impl(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1):
+def _pool_impl(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, keep=True):
     """[z, then the projections the backward reads: none for the fused kernel; U0, U1(, V0, V1) (G, rows, R*S) for
     triton above FUSED_MAX_K; per group fp32 (rows, R*S) ones on cpu]."""
     if _fused(backend, w0, w1):
@@ -189,7 +192,7 @@ def _pool_impl(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, 
     if backend == "triton":
         z, us = _forward_gemm(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
         return [z] + us
-    z, us = _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
+    z, us = _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu, keep)
     return [z.to(x0.dtype)] + us
 
 
@@ -407,8 +410,8 @@ def product_pool(x0, x1, weight0, weight1, bias0=None, bias1=None, *, rank, rank
             z = _pool_op(*args)[0]
         elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[4:]):
             z = _PoolFunction.apply(*args)
-        else:
-            z = _pool_impl(*args)[0]
+        else:  # no backward: nothing to keep
+            z = _pool_impl(*args, keep=False)[0]
     return z.reshape(*lead, z.shape[-1])
 
 
