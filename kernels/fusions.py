@@ -92,6 +92,18 @@ def _load_dz(DZ, s_dz, n, g, j, G, S, m2, TWO: tl.constexpr):
 
 
 @triton.jit
+def _store_pair(x0, x1, a0, a1, d, D0, D1, wrows, m2, RELU: tl.constexpr):
+    """The gradients of the pre-activations x0, x1 of a product a0 * a1 whose gradient is d."""
+    g0 = d * a1
+    g1 = d * a0
+    if RELU:
+        g0 = tl.where(x0 > 0, g0, 0.0)
+        g1 = tl.where(x1 > 0, g1, 0.0)
+    store(D0, 1, 1, 0, wrows[None, :], m2, g0)
+    store(D1, 1, 1, 0, wrows[None, :], m2, g1)
+
+
+@triton.jit
 def _store_grads(u0, u1, v0, v1, dz, dz2, DU0, DU1, DV0, DV1, wrows, m2, TWO: tl.constexpr, RELU: tl.constexpr):
     """dL/d(pre-activation) of each projection for one rank index, from the pre-activations u (and the second
     stage's v) and the pooled outputs' gradients, stored at columns wrows of the dU rows DU* point to."""
@@ -102,21 +114,8 @@ def _store_grads(u0, u1, v0, v1, dz, dz2, DU0, DU1, DV0, DV1, wrows, m2, TWO: tl
         c0 = _act(v0, RELU)
         c1 = _act(v1, RELU)
         dp = dz + dz2 * c0 * c1
-        dq = dz2 * a0 * a1
-        dv0 = dq * c1
-        dv1 = dq * c0
-        if RELU:
-            dv0 = tl.where(v0 > 0, dv0, 0.0)
-            dv1 = tl.where(v1 > 0, dv1, 0.0)
-        store(DV0, 1, 1, 0, wrows[None, :], m2, dv0)
-        store(DV1, 1, 1, 0, wrows[None, :], m2, dv1)
-    du0 = dp * a1
-    du1 = dp * a0
-    if RELU:
-        du0 = tl.where(u0 > 0, du0, 0.0)
-        du1 = tl.where(u1 > 0, du1, 0.0)
-    store(DU0, 1, 1, 0, wrows[None, :], m2, du0)
-    store(DU1, 1, 1, 0, wrows[None, :], m2, du1)
+        _store_pair(v0, v1, c0, c1, dz2 * a0 * a1, DV0, DV1, wrows, m2, RELU)
+    _store_pair(u0, u1, a0, a1, dp, DU0, DU1, wrows, m2, RELU)
 
 
 @triton.jit
