@@ -1,5 +1,7 @@
 """Triton helpers shared by the crossfuse kernels: fp32 activations, optional strided loads, the launch
 configs of the elementwise kernels and the specs the AOT compile check walks."""
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -7,6 +9,17 @@ import triton.language as tl
 # (BLOCK, num_warps) the elementwise launchers choose from; the AOT check compiles each.
 ELEMENTWISE_CONFIGS = ((256, 4), (1024, 8))
 _TL_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def dot_flags(dtype) -> dict:
+    """DOT_F32 / PREC for the kernels' tl.dot: fp32 operands for bf16 under the interpreter (it multiplies bf16
+    dot operands as raw bits, triton#11584); tf32 for fp32 only where torch allows it for matmuls."""
+    tf32 = dtype == torch.float32 and not interpreted() and torch.backends.cuda.matmul.allow_tf32
+    return dict(DOT_F32=interpreted() and dtype == torch.bfloat16, PREC="tf32" if tf32 else "ieee")
 
 
 def pick_elementwise_config(H: int):

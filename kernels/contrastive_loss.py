@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from crossfuse.kernels._common import dot_flags
+
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
 _TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -46,6 +48,18 @@ def _scores(A, B, offs_m, offs_n, Ma, Nb, D, s_am, s_ad, s_bn, s_bd, scale, bias
 
 
 @triton.jit
+def _column_tile(A, B, LB, n0, offs_m, Ma, Nb, D, s_am, s_ad, s_bn, s_bd, scale, bias, DOT_F32: tl.constexpr,
+                 PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(rows, mask, labels, scores) of the B rows [n0, n0 + BLOCK_N) against the A rows offs_m."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mn = offs_n < Nb
+    lb = tl.load(LB + offs_n, mask=mn, other=-2)
+    s = _scores(A, B, offs_m, offs_n, Ma, Nb, D, s_am, s_ad, s_bn, s_bd, scale, bias, DOT_F32, PREC, BLOCK_M, BLOCK_N,
+                BLOCK_K)
+    return offs_n, mn, lb, s
+
+
+@triton.jit
 def _rows_kernel(A, B, LA, LB, STATS, Ma, Nb, D, s_am, s_ad, s_bn, s_bd, scale, bias,
                  SIGLIP: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -61,11 +75,8 @@ def _rows_kernel(A, B, LA, LB, STATS, Ma, Nb, D, s_am, s_ad, s_bn, s_bd, scale, 
     cnt = tl.zeros([BLOCK_M], tl.float32)
     tot = tl.zeros([BLOCK_M], tl.float32)
     for n0 in range(0, Nb, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mn = offs_n < Nb
-        lb = tl.load(LB + offs_n, mask=mn, other=-2)
-        s = _scores(A, B, offs_m, offs_n, Ma, Nb, D, s_am, s_ad, s_bn, s_bd, scale, bias, DOT_F32, PREC, BLOCK_M,
-                    BLOCK_N, BLOCK_K)
+        offs_n, mn, lb, s = _column_tile(A, B, LB, n0, offs_m, Ma, Nb, D, s_am, s_ad, s_bn, s_bd, scale, bias, DOT_F32,
+                                         PREC, BLOCK_M, BLOCK_N, BLOCK_K)
         valid = mn[None, :] & mm[:, None]
         same = (la[:, None] == lb[None, :]) & valid
         cnt += tl.sum(same.to(tl.float32), 1)
@@ -140,11 +151,8 @@ def _grad_a_kernel(A, B, LA, LB, STATS, W, DA32, DSS, Ma, Nb, D, s_am, s_ad, s_b
     dss = tl.zeros([BLOCK_M], tl.float32)
     dsum = tl.zeros([BLOCK_M], tl.float32)
     for n0 in range(0, Nb, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mn = offs_n < Nb
-        lb = tl.load(LB + offs_n, mask=mn, other=-2)
-        s = _scores(A, B, offs_m, offs_n, Ma, Nb, D, s_am, s_ad, s_bn, s_bd, scale, bias, DOT_F32, PREC, BLOCK_M,
-                    BLOCK_N, BLOCK_K)
+        offs_n, mn, lb, s = _column_tile(A, B, LB, n0, offs_m, Ma, Nb, D, s_am, s_ad, s_bn, s_bd, scale, bias, DOT_F32,
+                                         PREC, BLOCK_M, BLOCK_N, BLOCK_K)
         ds = _dscores(s, la, lb, mn[None, :] & mm[:, None], lse, cnt, w, eps, Nb, SIGLIP)
         dss += tl.sum(ds * (s - bias), 1)
         dsum += tl.sum(ds, 1)
@@ -176,13 +184,6 @@ def _grad_b_kernel(A, B, LA, LB, STATS, W, DB32, Ma, Nb, D, s_am, s_ad, s_bn, s_
 
 
 # ---- launchers ------------------------------------------------------------------------------------------
-def _flags(dtype):
-    import os
-    interp = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    tf32 = dtype == torch.float32 and not interp and torch.backends.cuda.matmul.allow_tf32
-    return dict(DOT_F32=interp and dtype == torch.bfloat16, PREC="tf32" if tf32 else "ieee")
-
-
 def rows(a, b, la, lb, scale, bias, siglip):
     """(Ma, 4) fp32 row statistics of one direction (see _rows_kernel)."""
     Ma, D = a.shape
@@ -191,7 +192,7 @@ def rows(a, b, la, lb, scale, bias, siglip):
         return stats
     BM, BN, warps, stages = config(a.dtype)
     _rows_kernel[(triton.cdiv(Ma, BM),)](a, b, la, lb, stats, Ma, b.shape[0], D, *a.stride(), *b.stride(),
-                                        float(scale), float(bias), SIGLIP=siglip, **_flags(a.dtype), BLOCK_M=BM,
+                                        float(scale), float(bias), SIGLIP=siglip, **dot_flags(a.dtype), BLOCK_M=BM,
                                         BLOCK_N=BN, BLOCK_K=BLOCK_K, num_warps=warps, num_stages=stages)
     return stats
 
@@ -205,7 +206,7 @@ def grads(a, b, la, lb, stats, w, scale, bias, eps, siglip):
     db = torch.zeros((Nb, D), dtype=torch.float32, device=a.device)
     dss = torch.zeros((Ma, 2), dtype=torch.float32, device=a.device)
     BM, BN, warps, stages = config(a.dtype)
-    common = dict(SIGLIP=siglip, **_flags(a.dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BLOCK_K, num_warps=warps,
+    common = dict(SIGLIP=siglip, **dot_flags(a.dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BLOCK_K, num_warps=warps,
                   num_stages=stages)
     if Ma and Nb and D:
         _grad_a_kernel[(triton.cdiv(Ma, BM),)](a, b, la, lb, stats, w, da, dss, Ma, Nb, D, *a.stride(), *b.stride(),

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from crossfuse.kernels._common import dot_flags
+
 _LOG2E = 1.4426950408889634
 _TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -77,6 +79,16 @@ def _seq(b, CU, L_PAD, LEN, HAS_LEN: tl.constexpr, VARLEN: tl.constexpr):
     if HAS_LEN:
         n = tl.minimum(n, tl.maximum(tl.load(LEN + b), 0))
     return start, n
+
+
+@triton.jit
+def _head_and_seqs(bh, HQ, GROUP, CU_Q, CU_K, LQ_PAD, LK_PAD, KV_LEN, HAS_LEN: tl.constexpr, VARLEN: tl.constexpr):
+    """For query head index bh = b * HQ + h: (b, h, its key head, query rows (start, length), key rows (...))."""
+    b = bh // HQ
+    h = bh % HQ
+    q_start, q_len = _seq(b, CU_Q, LQ_PAD, KV_LEN, False, VARLEN)
+    k_start, k_len = _seq(b, CU_K, LK_PAD, KV_LEN, HAS_LEN, VARLEN)
+    return b, h, h // GROUP, q_start, q_len, k_start, k_len
 
 
 @triton.jit
@@ -161,11 +173,8 @@ def _fwd_kernel(Q, K, V, O, LSE,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     bh = tl.program_id(0)  # heads on axis 0: its limit is 2^31 - 1, axis 1's only 65535
     pid_m = tl.program_id(1)
-    b = bh // HQ
-    h = bh % HQ
-    hk = h // GROUP
-    q_start, q_len = _seq(b, CU_Q, LQ_PAD, KV_LEN, False, VARLEN)
-    k_start, k_len = _seq(b, CU_K, LK_PAD, KV_LEN, HAS_LEN, VARLEN)
+    b, h, hk, q_start, q_len, k_start, k_len = _head_and_seqs(bh, HQ, GROUP, CU_Q, CU_K, LQ_PAD, LK_PAD, KV_LEN,
+                                                              HAS_LEN, VARLEN)
     if pid_m * BLOCK_M >= q_len:
         return
     b64 = b.to(tl.int64)
@@ -310,12 +319,9 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     bh = tl.program_id(0)  # heads on axis 0: its limit is 2^31 - 1, axis 1's only 65535
     pid_m = tl.program_id(1)
-    b = bh // HQ
-    h = bh % HQ
-    hk = h // GROUP
+    b, h, hk, q_start, q_len, k_start, k_len = _head_and_seqs(bh, HQ, GROUP, CU_Q, CU_K, LQ_PAD, LK_PAD, KV_LEN,
+                                                              HAS_LEN, VARLEN)
     b64 = b.to(tl.int64)
-    q_start, q_len = _seq(b, CU_Q, LQ_PAD, KV_LEN, False, VARLEN)
-    k_start, k_len = _seq(b, CU_K, LK_PAD, KV_LEN, HAS_LEN, VARLEN)
     if pid_m * BLOCK_M >= q_len:
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -371,11 +377,6 @@ def _dropout_mask_kernel(OUT, s_b, s_h, s_m, s_n, seed, p_drop, HQ, LQ_PAD, LK_P
 
 
 # ---- launchers ------------------------------------------------------------------------------------------
-def _interpreted() -> bool:
-    import os
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def tile_ranges(ids: torch.Tensor, block: int) -> torch.Tensor:
     """(B, tiles, 2) int32: the smallest and largest non-negative id of each tile of `block` positions;
     (2^31 - 1, -1) where a tile holds none."""
@@ -425,9 +426,8 @@ class Problem:
         self.BLOCK_D = block_d(self.D)
         dtype = self.dtype = q.dtype
         self.arch = device_arch(q.device)
-        self.dot_f32 = _interpreted() and dtype == torch.bfloat16
-        tf32 = dtype == torch.float32 and not _interpreted() and torch.backends.cuda.matmul.allow_tf32
-        self.prec = "tf32" if tf32 else "ieee"
+        flags = dot_flags(dtype)
+        self.dot_f32, self.prec = flags["DOT_F32"], flags["PREC"]
 
     def mask_args(self):
         d = self.dummy

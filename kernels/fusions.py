@@ -10,13 +10,12 @@ The (rows, R*S) projections never reach memory in the forward. The backward kern
 and writes dU = dL/du for each projection, (G, N, R*S), from which torch's batched GEMMs give dx, dW and db.
 """
 import inspect
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from crossfuse.kernels._common import store  # rounds to nearest even for bf16 (the interpreter truncates)
+from crossfuse.kernels._common import dot_flags, store  # store: bf16 rounded to nearest even
 
 _TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 BLOCK_K = 32
@@ -224,12 +223,6 @@ def _pool_ew_bwd_kernel(U0, U1, B0, B1, V0, V1, C0, C1, DZ, DU0, DU1, DV0, DV1, 
 
 
 # ---- launchers ------------------------------------------------------------------------------------------
-def _flags(dtype):
-    interp = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    tf32 = dtype == torch.float32 and not interp and torch.backends.cuda.matmul.allow_tf32
-    return dict(DOT_F32=interp and dtype == torch.bfloat16, PREC="tf32" if tf32 else "ieee")
-
-
 def block_j(S):
     return 32 if 0 < S % 64 <= 32 else 64
 
@@ -238,79 +231,60 @@ def config(dtype, two, backward, BJ):
     return CONFIGS[(dtype == torch.float32, bool(two), bool(backward), BJ)]
 
 
-def _common(x0, x1, w0, v0, S, R, rank_major, relu, has_b, backward):
-    N, G = max(x0.shape[0], x1.shape[0]), w0.shape[0]
+def _fused(kernel, backward, x0, x1, ws, outs, S, R, rank_major, relu):
+    """One launch of the fused kernel: ws = (w0, b0, w1, b1, v0, c0, v1, c1), outs = (z,) or (dz, du0, du1, dv0,
+    dv1); an absent pointer gets w0 in its place, never read (HAS_B / TWO off)."""
+    w0, w1 = ws[0], ws[2]
+    N, G, two = max(x0.shape[0], x1.shape[0]), w0.shape[0], ws[4] is not None
+    if N == 0 or S == 0:
+        return
     BJ = block_j(S)
-    BM, warps, stages = config(x0.dtype, v0 is not None, backward, BJ)
-    grid = (triton.cdiv(N, BM), G * triton.cdiv(S, BJ))
-    meta = dict(HAS_B=has_b, TWO=v0 is not None, RANK_MAJOR=rank_major, RELU=relu, **_flags(x0.dtype), BM=BM,
-                BJ=BJ, BK=BLOCK_K, num_warps=warps, num_stages=stages)
-    return N, grid, meta
+    BM, warps, stages = config(x0.dtype, two, backward, BJ)
+    ptrs = [w0 if t is None else t for t in (*ws, *outs)]
+    kernel[(triton.cdiv(N, BM), G * triton.cdiv(S, BJ))](
+        x0, x1, *ptrs, N, G, S, R, w0.shape[2], w1.shape[2], N // x0.shape[0], N // x1.shape[0], x0.stride(0),
+        x1.stride(0), outs[0].stride(0), HAS_B=ws[1] is not None, TWO=two, RANK_MAJOR=rank_major, RELU=relu,
+        **dot_flags(x0.dtype), BM=BM, BJ=BJ, BK=BLOCK_K, num_warps=warps, num_stages=stages)
 
 
 def forward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, z, S, R, rank_major, relu):
     """z (N, P*G*S) <- product pooling; x rows and all weights unit-stride in their last dimension, weights and
     biases contiguous (G, R*S, K) / (G, R*S)."""
-    N, grid, meta = _common(x0, x1, w0, v0, S, R, rank_major, relu, b0 is not None, False)
-    if N == 0 or S == 0:
-        return
-    K0, K1 = w0.shape[2], w1.shape[2]
-    d = w0  # stands in for absent pointers (never read: HAS_B / TWO are off)
-    _pool_fwd_kernel[grid](x0, x1, w0, b0 if b0 is not None else d, w1, b1 if b1 is not None else d,
-                           v0 if v0 is not None else d, c0 if c0 is not None else d, v1 if v1 is not None else d,
-                           c1 if c1 is not None else d, z, N, w0.shape[0], S, R, K0, K1, N // x0.shape[0], N // x1.shape[0],
-                           x0.stride(0), x1.stride(0), z.stride(0), **meta)
+    _fused(_pool_fwd_kernel, False, x0, x1, (w0, b0, w1, b1, v0, c0, v1, c1), (z,), S, R, rank_major, relu)
 
 
 def backward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, dz, du0, du1, dv0, dv1, S, R, rank_major, relu):
     """dU buffers (G, N, R*S) <- the gradients of the projections' pre-activations (recomputed here)."""
-    N, grid, meta = _common(x0, x1, w0, v0, S, R, rank_major, relu, b0 is not None, True)
-    if N == 0 or S == 0:
-        return
-    K0, K1 = w0.shape[2], w1.shape[2]
-    d = w0
-    _pool_bwd_kernel[grid](x0, x1, w0, b0 if b0 is not None else d, w1, b1 if b1 is not None else d,
-                           v0 if v0 is not None else d, c0 if c0 is not None else d, v1 if v1 is not None else d,
-                           c1 if c1 is not None else d, dz, du0, du1, dv0 if dv0 is not None else du0,
-                           dv1 if dv1 is not None else du1, N, w0.shape[0], S, R, K0, K1, N // x0.shape[0], N // x1.shape[0],
-                           x0.stride(0), x1.stride(0), dz.stride(0), **meta)
+    _fused(_pool_bwd_kernel, True, x0, x1, (w0, b0, w1, b1, v0, c0, v1, c1), (dz, du0, du1, dv0, dv1), S, R,
+           rank_major, relu)
 
 
 EW_BM, EW_WARPS = 16, 4  # the elementwise pooling: (16, BLOCK_J) tiles
 
 
-def _ew_grid(N, G, S):
+def _elementwise(kernel, us, bs, outs, N, S, R, rank_major, relu):
+    """One launch of a pooling-only kernel: us = [U0, U1(, V0, V1)] (G, rows, R*S), bs their biases (G, R*S) or
+    None, outs = (z,) or (dz, dU0, dU1(, dV0, dV1)); an absent pointer gets U0 in its place, never read."""
+    if N == 0 or S == 0:
+        return
+    G, two = us[0].shape[0], len(us) == 4
     BJ = block_j(S)
-    return (triton.cdiv(N, EW_BM), G * triton.cdiv(S, BJ)), BJ
+    u = list(us) + [None] * (4 - len(us))
+    o = list(outs) + [None] * (5 - len(outs) if len(outs) > 1 else 0)
+    ptrs = [us[0] if t is None else t for t in (u[0], u[1], bs[0], bs[1], u[2], u[3], bs[2], bs[3], *o)]
+    kernel[(triton.cdiv(N, EW_BM), G * triton.cdiv(S, BJ))](
+        *ptrs, N, G, S, R, N // us[0].shape[1], N // us[1].shape[1], outs[0].stride(0), HAS_B=bs[0] is not None,
+        TWO=two, RANK_MAJOR=rank_major, RELU=relu, BM=EW_BM, BJ=BJ, num_warps=EW_WARPS)
 
 
 def pool_forward(us, bs, z, N, S, R, rank_major, relu):
     """z <- the pooling of projections us = [U0, U1(, V0, V1)] (G, rows, R*S), biases bs (G, R*S) or None."""
-    G = us[0].shape[0]
-    if N == 0 or S == 0:
-        return
-    grid, BJ = _ew_grid(N, G, S)
-    two = len(us) == 4
-    u = us + [us[0], us[1]] * (not two)
-    b = [t if t is not None else us[0] for t in bs]
-    _pool_ew_fwd_kernel[grid](u[0], u[1], b[0], b[1], u[2], u[3], b[2], b[3], z, N, G, S, R, N // us[0].shape[1],
-                              N // us[1].shape[1], z.stride(0), HAS_B=bs[0] is not None, TWO=two,
-                              RANK_MAJOR=rank_major, RELU=relu, BM=EW_BM, BJ=BJ, num_warps=EW_WARPS)
+    _elementwise(_pool_ew_fwd_kernel, us, bs, (z,), N, S, R, rank_major, relu)
 
 
 def pool_backward(us, bs, dz, dus, N, S, R, rank_major, relu):
     """dus (G, N, R*S) <- the gradients of the projections' pre-activations."""
-    G = us[0].shape[0]
-    if N == 0 or S == 0:
-        return
-    grid, BJ = _ew_grid(N, G, S)
-    two = len(us) == 4
-    u = us + [us[0], us[1]] * (not two)
-    d = dus + [dus[0], dus[1]] * (not two)
-    b = [t if t is not None else us[0] for t in bs]
-    _pool_ew_bwd_kernel[grid](u[0], u[1], b[0], b[1], u[2], u[3], b[2], b[3], dz, d[0], d[1], d[2], d[3], N, G, S, R,
-                              N // us[0].shape[1], N // us[1].shape[1], dz.stride(0), HAS_B=bs[0] is not None,
-                              TWO=two, RANK_MAJOR=rank_major, RELU=relu, BM=EW_BM, BJ=BJ, num_warps=EW_WARPS)
+    _elementwise(_pool_ew_bwd_kernel, us, bs, (dz, *dus), N, S, R, rank_major, relu)
 
 
 def _aot_specs():
@@ -324,9 +298,10 @@ def _aot_specs():
                                  BJ=BJ, BK=BLOCK_K)
                     sig = {p: "constexpr" if p in const else ("*" + t) if p[0] in "XWBVCZD" and p not in ("DOT_F32",)
                            else "i32" for p in inspect.signature(kernel.fn).parameters}
+                    stage = "two-stage" if two else "one-stage"
                     specs.append(dict(name=name, kernel=kernel, signature=sig, constexprs=const, num_warps=warps,
-                                      num_stages=stages, config=f"{str(dtype)[6:]} {'two-stage' if two else 'one-stage'}"
-                                                                f" {BM}x{BJ}x{BLOCK_K} w{warps} s{stages}"))
+                                      num_stages=stages,
+                                      config=f"{str(dtype)[6:]} {stage} {BM}x{BJ}x{BLOCK_K} w{warps} s{stages}"))
         for two in (False, True):
             for BJ in (32, 64):
                 for name, kernel in (("product_pool_ew_fwd", _pool_ew_fwd_kernel),

@@ -121,15 +121,6 @@ def _backward_cpu(dz, us, tensors, R, rank_major, relu, needs):
 
 
 # ---- the triton path ----------------------------------------------------------------------------------------
-def _forward_triton(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
-    G, RS = w0.shape[0], w0.shape[1]
-    S = RS // R if R else 0
-    N = max(x0.shape[0], x1.shape[0])
-    z = _backend.empty((N, (2 if v0 is not None else 1) * G * S), dtype=x0.dtype, device=x0.device)
-    _kernels().forward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, z, S, R, rank_major, relu)
-    return z
-
-
 def _gemm_projection(x, w):
     """(G, rows, R*S) = x (rows, G*K) against w (G, R*S, K), one batched GEMM also for one group (on the H200
     Mutan's B=1024 forward took 306 us so, 400 us with a plain mm: cuBLAS picks another kernel)."""
@@ -137,60 +128,49 @@ def _gemm_projection(x, w):
     return torch.bmm(x.reshape(x.shape[0], G, K).transpose(0, 1), w.transpose(1, 2))
 
 
-def _forward_gemm(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
-    """(z, [U0, U1(, V0, V1)]): the projections (G, rows, R*S) by torch's GEMMs, without biases, pooled by Triton."""
-    xs = (x0, x1)
-    us = [_gemm_projection(xs[k % 2], w) for k, w in enumerate((w0, w1, v0, v1)) if w is not None]
-    G, RS = w0.shape[0], w0.shape[1]
-    S = RS // R
-    N = max(x0.shape[0], x1.shape[0])
-    z = _backend.empty((N, (2 if v0 is not None else 1) * G * S), dtype=x0.dtype, device=x0.device)
-    _kernels().pool_forward(us, [b0, b1, c0, c1], z, N, S, R, rank_major, relu)
+def _forward_triton(fused, x0, x1, ws, R, rank_major, relu):
+    """(z, the projections the backward reads): `fused`, one kernel and nothing kept; otherwise the projections
+    U0, U1(, V0, V1) (G, rows, R*S) by torch's GEMMs, without biases, pooled by one Triton pass. ws = (w0, b0, w1,
+    b1, v0, c0, v1, c1)."""
+    G, RS = ws[0].shape[0], ws[0].shape[1]
+    N, two = max(x0.shape[0], x1.shape[0]), ws[4] is not None
+    z = _backend.empty((N, (2 if two else 1) * G * (RS // R)), dtype=x0.dtype, device=x0.device)
+    if fused:
+        _kernels().forward(x0, x1, *ws, z, RS // R, R, rank_major, relu)
+        return z, []
+    us = [_gemm_projection((x0, x1)[k % 2], w) for k, w in enumerate(ws[0::2]) if w is not None]
+    _kernels().pool_forward(us, list(ws[1::2]), z, N, RS // R, R, rank_major, relu)
     return z, us
 
 
-def _broadcast_sum(dus, N, rep0, rep1, dtype):
-    """The broadcast side's rows of dU (G, N, R*S): the sum over the rows that read each (fp32 accumulation)."""
+def _backward_triton(dz, x0, x1, ws, us, R, rank_major, relu):
+    """[dU0, dU1(, dV0, dV1)] (G, rows of each side, R*S): recomputed by the fused kernel when `us` is empty, else
+    from the saved projections; a broadcast side's rows summed over the rows that read each (fp32 accumulation)."""
+    G, RS = ws[0].shape[0], ws[0].shape[1]
+    N, rep0, rep1 = _reps(x0, x1)
+    dus = [_backend.empty((G, N, RS), dtype=x0.dtype, device=x0.device) for _ in range(4 if ws[4] is not None else 2)]
+    dz = dz.to(x0.dtype)
+    if dz.stride(-1) != 1:
+        dz = dz.contiguous()
+    if us:
+        _kernels().pool_backward(us, list(ws[1::2]), dz, dus, N, RS // R, R, rank_major, relu)
+    else:
+        _kernels().backward(x0, x1, *ws, dz, *dus, *([None, None] if len(dus) == 2 else []), RS // R, R, rank_major,
+                            relu)
     for i, rep in ((0, rep0), (1, rep1)):
         if rep > 1:
             for k in range(i, len(dus), 2):
-                G, _, RS = dus[k].shape
-                dus[k] = dus[k].view(G, N // rep, rep, RS).sum(2, dtype=torch.float32).to(dtype)
+                dus[k] = dus[k].view(G, N // rep, rep, RS).sum(2, dtype=torch.float32).to(x0.dtype)
     return dus
-
-
-def _backward_gemm(dz, x0, x1, us, b0, b1, c0, c1, R, rank_major, relu):
-    G, _, RS = us[0].shape
-    N, rep0, rep1 = _reps(x0, x1)
-    dus = [_backend.empty((G, N, RS), dtype=x0.dtype, device=x0.device) for _ in us]
-    dz = dz.to(x0.dtype)
-    if dz.stride(-1) != 1:
-        dz = dz.contiguous()
-    _kernels().pool_backward(us, [b0, b1, c0, c1], dz, dus, N, RS // R, R, rank_major, relu)
-    return _broadcast_sum(dus, N, rep0, rep1, x0.dtype)
-
-
-def _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu):
-    G, RS = w0.shape[0], w0.shape[1]
-    N, rep0, rep1 = _reps(x0, x1)
-    new = lambda: _backend.empty((G, N, RS), dtype=x0.dtype, device=x0.device)  # noqa: E731
-    dus = [new(), new()] + ([new(), new()] if v0 is not None else [])
-    dz = dz.to(x0.dtype)
-    if dz.stride(-1) != 1:
-        dz = dz.contiguous()
-    _kernels().backward(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, dz, *dus, *([None, None] if v0 is None else []),
-                        RS // R if R else 0, R, rank_major, relu)
-    return _broadcast_sum(dus, N, rep0, rep1, x0.dtype)
 
 
 # ---- the custom ops ---------------------------------------------------------------------------------------------
 def _pool_impl(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, keep=True):
     """[z, then the projections the backward reads: none for the fused kernel; U0, U1(, V0, V1) (G, rows, R*S) for
     triton above FUSED_MAX_K; per group fp32 (rows, R*S) ones on cpu]."""
-    if _fused(backend, w0, w1):
-        return [_forward_triton(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)]
     if backend == "triton":
-        z, us = _forward_gemm(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
+        z, us = _forward_triton(_fused(backend, w0, w1), x0, x1, (w0, b0, w1, b1, v0, c0, v1, c1), rank, rank_major,
+                                relu)
         return [z] + us
     z, us = _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu, keep)
     return [z.to(x0.dtype)] + us
@@ -223,10 +203,7 @@ def _pool_backward_impl(backend, rank, rank_major, relu, needs, dz, x0, x1, w0, 
     """Gradients of (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1); an empty tensor where not needed or absent."""
     ref = (x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
     if backend == "triton":
-        if _fused(backend, w0, w1):
-            dus = _backward_triton(dz, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, rank, rank_major, relu)
-        else:
-            dus = _backward_gemm(dz, x0, x1, us, b0, b1, c0, c1, rank, rank_major, relu)
+        dus = _backward_triton(dz, x0, x1, (w0, b0, w1, b1, v0, c0, v1, c1), us, rank, rank_major, relu)
         grads = [None] * 10
         for k, du in enumerate(dus):  # k: 0 = (x0, w0, b0), 1 = (x1, w1, b1), 2 = (x0, v0, c0), 3 = (x1, v1, c1)
             side = k % 2
@@ -335,7 +312,9 @@ def _rows(x0, x1):
     lead = broadcast_lead(l0, l1)
     if lead is None:
         raise ValueError(f"product_pool: the leading dimensions of x0 {l0} and x1 {l1} do not broadcast")
-    flat = lambda x: x.reshape(-1, x.shape[-1]) if x.stride(-1) == 1 else x.contiguous().reshape(-1, x.shape[-1])  # noqa: E731,E501
+
+    def flat(x):  # rows with unit column stride, as the kernels read them
+        return (x if x.stride(-1) == 1 else x.contiguous()).reshape(-1, x.shape[-1])
 
     def tiles(l):  # l == lead with a run of trailing 1s
         k = len(l)
