@@ -261,15 +261,19 @@ class MFB(_Fusion):
 
     def __init__(self, input_dims, output_dim, mm_dim=1200, factor=2, activ_input="relu", activ_output="relu",
                  normalize=False, dropout_input=0.0, dropout_pre_norm=0.0, dropout_output=0.0):
-        super().__init__(input_dims, output_dim)
-        self.mm_dim, self.factor, self.normalize = mm_dim, factor, normalize
-        self.activ_input, self.activ_output = activ_input, activ_output
-        self._activ_input = _activation(activ_input, "activ_input")
-        self._activ_output = _activation(activ_output, "activ_output")
+        self._factorised(input_dims, output_dim, mm_dim, factor, activ_input, activ_output, normalize)
         self.dropout_input, self.dropout_pre_norm, self.dropout_output = dropout_input, dropout_pre_norm, dropout_output
         self.linear0 = nn.Linear(input_dims[0], mm_dim * factor)
         self.linear1 = nn.Linear(input_dims[1], mm_dim * factor)
         self.linear_out = nn.Linear(mm_dim, output_dim)
+
+    def _factorised(self, input_dims, output_dim, mm_dim, factor, activ_input, activ_output, normalize):
+        """The settings MFB and MFH share."""
+        _Fusion.__init__(self, input_dims, output_dim)
+        self.mm_dim, self.factor, self.normalize = mm_dim, factor, normalize
+        self.activ_input, self.activ_output = activ_input, activ_output
+        self._activ_input = _activation(activ_input, "activ_input")
+        self._activ_output = _activation(activ_output, "activ_output")
 
     def _fused_ok(self, dropouts):
         return self.activ_input in (None, "", False, "relu") and not (self.training and any(p > 0 for p in dropouts))
@@ -294,11 +298,7 @@ class MFH(MFB):
 
     def __init__(self, input_dims, output_dim, mm_dim=1200, factor=2, activ_input="relu", activ_output="relu",
                  normalize=False, dropout_input=0.0, dropout_pre_lin=0.0, dropout_output=0.0):
-        _Fusion.__init__(self, input_dims, output_dim)
-        self.mm_dim, self.factor, self.normalize = mm_dim, factor, normalize
-        self.activ_input, self.activ_output = activ_input, activ_output
-        self._activ_input = _activation(activ_input, "activ_input")
-        self._activ_output = _activation(activ_output, "activ_output")
+        self._factorised(input_dims, output_dim, mm_dim, factor, activ_input, activ_output, normalize)
         self.dropout_input, self.dropout_pre_lin, self.dropout_output = dropout_input, dropout_pre_lin, dropout_output
         self.linear0_0 = nn.Linear(input_dims[0], mm_dim * factor)
         self.linear1_0 = nn.Linear(input_dims[1], mm_dim * factor)

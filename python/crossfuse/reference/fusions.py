@@ -88,45 +88,47 @@ def mfh_pool(m, x0, x1):
     return z0, z1.view(*z1.shape[:-1], m.mm_dim, m.factor).sum(-1)
 
 
-def _block(m, x0, x1):
+def _projected(m, x0, x1):
+    """linear0 / linear1 and dropout_input, on the broadcast rows."""
     x0, x1 = _expand(x0, x1)
-    x0, x1 = m.linear0(x0), m.linear1(x1)
-    x0, x1 = _drop(m, x0, m.dropout_input), _drop(m, x1, m.dropout_input)
+    return _drop(m, m.linear0(x0), m.dropout_input), _drop(m, m.linear1(x1), m.dropout_input)
+
+
+def _chunked(m, x0, x1, per_chunk):
+    """Block / BlockTucker: per_chunk(c0, c1, c) on each chunk of the projected inputs, then the signed square root
+    and L2 normalisation before or after the concatenation (pos_norm), then the output layers."""
+    x0, x1 = _projected(m, x0, x1)
     zs = []
-    for c0, c1, l0, l1 in zip(x0.split(m.sizes_list, -1), x1.split(m.sizes_list, -1), m.merge_linears0,
-                              m.merge_linears1):
-        p = l0(c0) * l1(c1)
-        z = p.view(*p.shape[:-1], m.rank, -1).sum(-2)
+    for c, (c0, c1) in enumerate(zip(x0.split(m.sizes_list, -1), x1.split(m.sizes_list, -1))):
+        z = per_chunk(c0, c1, c)
         zs.append(_signed_sqrt_l2(z) if m.pos_norm == "before_cat" else z)
     z = torch.cat(zs, -1)
     return _out(m, _signed_sqrt_l2(z) if m.pos_norm == "after_cat" else z)
+
+
+def _block(m, x0, x1):
+    def chunk(c0, c1, c):
+        p = m.merge_linears0[c](c0) * m.merge_linears1[c](c1)
+        return p.view(*p.shape[:-1], m.rank, -1).sum(-2)
+    return _chunked(m, x0, x1, chunk)
 
 
 def _block_tucker(m, x0, x1):
-    x0, x1 = _expand(x0, x1)
-    x0, x1 = m.linear0(x0), m.linear1(x1)
-    x0, x1 = _drop(m, x0, m.dropout_input), _drop(m, x1, m.dropout_input)
-    zs = []
-    for c0, c1, bil in zip(x0.split(m.sizes_list, -1), x1.split(m.sizes_list, -1), m.bilinears):
-        z = torch.einsum("...k,jkl,...l->...j", c0, bil.weight, c1) + bil.bias
-        zs.append(_signed_sqrt_l2(z) if m.pos_norm == "before_cat" else z)
-    z = torch.cat(zs, -1)
-    return _out(m, _signed_sqrt_l2(z) if m.pos_norm == "after_cat" else z)
+    def chunk(c0, c1, c):
+        bil = m.bilinears[c]
+        return torch.einsum("...k,jkl,...l->...j", c0, bil.weight, c1) + bil.bias
+    return _chunked(m, x0, x1, chunk)
 
 
 def _mutan(m, x0, x1):
-    x0, x1 = _expand(x0, x1)
-    x0, x1 = m.linear0(x0), m.linear1(x1)
-    x0, x1 = _drop(m, x0, m.dropout_input), _drop(m, x1, m.dropout_input)
+    x0, x1 = _projected(m, x0, x1)
     p = m.merge_linear0(x0) * m.merge_linear1(x1)
     z = p.view(*p.shape[:-1], m.rank, m.mm_dim).sum(-2)
     return _out(m, _signed_sqrt_l2(z) if m.normalize else z)
 
 
 def _tucker(m, x0, x1):
-    x0, x1 = _expand(x0, x1)
-    x0, x1 = m.linear0(x0), m.linear1(x1)
-    x0, x1 = _drop(m, x0, m.dropout_input), _drop(m, x1, m.dropout_input)
+    x0, x1 = _projected(m, x0, x1)
     z = torch.einsum("...k,jkl,...l->...j", x0, m.bilinear.weight, x1) + m.bilinear.bias
     return _out(m, _signed_sqrt_l2(z) if m.normalize else z)
 
