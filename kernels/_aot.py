@@ -33,7 +33,10 @@ def _compile(job):
 
     mod, i, arch = job
     spec = importlib.import_module(f"crossfuse.kernels.{mod}").AOT_SPECS[i]
-    src = ASTSource(fn=spec["kernel"], signature=spec["signature"], constexprs=spec["constexprs"])
+    names = list(spec["signature"])
+    # "aligned": arguments the JIT would see as multiples of 16 (tt.divisibility), as for typical inputs
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in spec.get("aligned", ())}
+    src = ASTSource(fn=spec["kernel"], signature=spec["signature"], constexprs=spec["constexprs"], attrs=attrs)
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                        options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]})
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")

@@ -1,5 +1,6 @@
 """contrastive_loss benchmark: the fused CLIP / SigLIP losses against open_clip-style eager losses (materialised
-logits, the peer) and a chunked eager version, forward+backward; time and (on GPU) peak memory."""
+logits, the peer) and a chunked eager version, forward+backward; time and (on GPU) peak memory, and the extra
+memory beyond the gradients the step returns."""
 import torch
 import torch.nn.functional as F
 
@@ -73,7 +74,9 @@ def cases(device, quick):
                 flops = 2 * B * B * D * (2 if kind == "clip" else 1) * 3
                 out.append(Case(op="contrastive_loss", shape=f"{kind} B={B} D={D}", mode="fwd+bwd",
                                 dtype=str(dtype).replace("torch.", ""), impls=impls, peer="open_clip eager",
-                                flops=flops, bytes=4 * B * D * e.element_size(), meta={"B": B, "D": D, "kind": kind}))
+                                flops=flops, bytes=4 * B * D * e.element_size(),
+                                meta={"B": B, "D": D, "kind": kind, "output_bytes": 2 * B * D * e.element_size() + 8,
+                                      "fp32_logits_bytes": 4 * B * B}))
     return out
 
 

@@ -79,8 +79,18 @@ def median_times(impls: dict[str, Callable], device: torch.device, quick: bool) 
     calls each per round, so that a slow spell of a shared machine hits them all alike and the ratios hold."""
     if device.type == "cuda":
         import triton.testing
-        return {name: triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=40 if quick else 100,
-                                              return_mode="median") * 1e-3 for name, fn in impls.items()}
+        out = {}
+        for name, fn in impls.items():
+            fn()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            once_ms = (time.perf_counter() - t0) * 1e3
+            # do_bench's rep is in ms: long calls get enough of it for 7 samples (a median of one is noise)
+            rep = max(40 if quick else 100, 7 * once_ms)
+            out[name] = triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=rep, return_mode="median") * 1e-3
+        return out
     counts = {}
     for name, fn in impls.items():
         fn()
@@ -123,6 +133,8 @@ def run_cases(cases: list[Case], device: torch.device, quick: bool, log=print) -
                    "flops_share_of_peak": case.flops / t / peak_flops if peak_flops else None,
                    "bytes_share_of_peak": case.bytes / t / pk["bytes"] if pk.get("bytes") else None,
                    "peak_mem_bytes": peak_memory(case.impls[name], device), **case.meta}
+            if row["peak_mem_bytes"] is not None and "output_bytes" in case.meta:  # beyond what the call returns
+                row["extra_mem_bytes"] = row["peak_mem_bytes"] - case.meta["output_bytes"]
             rows.append(row)
             log(f"{case.op:<10} {case.mode:<8} {case.dtype:<9} {case.shape:<22} {name:<10} {t * 1e6:10.1f} us"
                 f"  x{row['speedup_vs_peer']:.2f} vs {case.peer}")
@@ -139,6 +151,8 @@ def markdown(rows: list[dict], device: str, header: dict) -> str:
     for r in rows:
         share = f"{100 * r['bytes_share_of_peak']:.1f}" if r["bytes_share_of_peak"] is not None else "–"
         mem = f"{r['peak_mem_bytes'] / 1024:.0f}" if r["peak_mem_bytes"] is not None else "–"
+        if r.get("extra_mem_bytes") is not None:
+            mem += f" ({r['extra_mem_bytes'] / 1024:.0f} extra)"
         lines.append(f"| {r['op']} | {r['mode']} | {r['dtype']} | {r['shape']} | {r['impl']} | {r['time_us']:.1f} | "
                      f"{r['speedup_vs_peer']:.2f} | {r['speedup_vs_reference']:.2f} | {r['gflops']:.2f} | "
                      f"{r['gbps']:.2f} | {share} | {mem} |")

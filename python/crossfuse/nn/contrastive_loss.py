@@ -4,7 +4,7 @@ scores its rows against all columns; no (B, B) logits anywhere."""
 import torch
 
 from crossfuse import _backend
-from crossfuse.ops.contrastive_loss import OP, _as_scalar, check, direction_losses
+from crossfuse.ops.contrastive_loss import OP, _as_scalar, check, direction_losses, pair_losses
 
 
 def _gather(features, rank, world_size, with_grad):
@@ -70,9 +70,12 @@ class ClipLoss(_Base):
                 img_rows, txt_rows = img_all, txt_all
         la = self._labels(img_rows.shape[0], offset, device)
         lb = torch.arange(img_all.shape[0], device=device)
-        i2t = direction_losses("clip", img_rows, txt_all, la, lb, scale, bias, 0.0, backend).mean()
-        t2i = direction_losses("clip", txt_rows, img_all, la, lb, scale, bias, 0.0, backend).mean()
-        loss = (0.5 * (i2t + t2i)).to(image_features.dtype)
+        if img_rows is img_all:  # every row against every column: both directions in one pass
+            i2t, t2i = pair_losses("clip", img_all, txt_all, la, lb, scale, bias, 0.0, backend)
+        else:
+            i2t = direction_losses("clip", img_rows, txt_all, la, lb, scale, bias, 0.0, backend)
+            t2i = direction_losses("clip", txt_rows, img_all, la, lb, scale, bias, 0.0, backend)
+        loss = (0.5 * (i2t.mean() + t2i.mean())).to(image_features.dtype)
         return {"contrastive_loss": loss} if output_dict else loss
 
 

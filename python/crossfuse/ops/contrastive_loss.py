@@ -1,9 +1,10 @@
 """contrastive_loss: CLIP's symmetric InfoNCE and SigLIP's pairwise sigmoid loss without the (B, B) logits.
 
-The unit is one direction: rows of A against all rows of B, giving a loss per row of A (kernels/
+The unit is a direction: rows of A against all rows of B, giving a loss per row of A (kernels/
 contrastive_loss.py on the `triton` backend; on `cpu`, the same tiling with torch GEMMs on row chunks). CLIP is
-two directions (images against texts, texts against images), SigLIP one. Extra memory is O(rows) (plus O(rows x D)
-for the fp32 gradients), never O(B^2). Rectangular directions serve the distributed losses of crossfuse.nn.
+two directions (images against texts, texts against images), computed as a pair so that the backward forms both
+directions' dS at once; SigLIP is one. Extra memory is O(rows) plus a capped dS chunk, never O(B^2).
+Rectangular directions serve the distributed losses of crossfuse.nn.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from crossfuse import _backend
 
 OP = "contrastive_loss"
 _backend.register_op(OP, ("reference", "triton", "cpu"))
+STATS = 6  # columns of a direction's row statistics (kernels/contrastive_loss.py's _rows_kernel)
 KINDS = ("clip", "siglip")
 REDUCTIONS = ("mean", "sum", "none")
 def _chunk(Nb):
@@ -27,9 +29,19 @@ def _kernels():
 
 
 # ---- the cpu path: the kernels' tiling with torch GEMMs on chunks of rows ----------------------------------
+def _dterm_cpu(s, same, lse, cnt, w, eps, n, siglip):
+    """One direction's d loss / d S times its row weights; lse, cnt, w broadcast along the other axis."""
+    if siglip:
+        sig = torch.sigmoid(torch.where(same, -s, s))
+        ds = torch.where(same, -sig, sig)
+    else:
+        ds = torch.exp(s - lse) - (torch.where(same, (1 - eps) / cnt.clamp_min(1), 0) + eps / n)
+    return ds.mul_(w)
+
+
 def _rows_cpu(a, b, la, lb, scale, bias, siglip):
     Ma, Nb = a.shape[0], b.shape[0]
-    stats = torch.zeros((Ma, 4), dtype=torch.float32, device=a.device)
+    stats = torch.zeros((Ma, STATS), dtype=torch.float32, device=a.device)
     bf, chunk = b.float(), _chunk(Nb)
     for r0 in range(0, Ma, chunk):
         s = torch.mm(a[r0:r0 + chunk].float(), bf.t()).mul_(scale).add_(bias)
@@ -38,41 +50,36 @@ def _rows_cpu(a, b, la, lb, scale, bias, siglip):
         st[:, 2] = same.sum(1)
         if siglip:
             st[:, 0] = torch.nn.functional.softplus(torch.where(same, -s, s)).sum(1)
-        else:
-            st[:, 0] = torch.logsumexp(s, 1) if Nb else float("-inf")
+            ds = _dterm_cpu(s, same, None, None, 1.0, 0.0, Nb, True)
+            st[:, 4] = (ds * (s - bias)).sum(1)
+            st[:, 5] = ds.sum(1)
+        elif Nb:
+            st[:, 0] = torch.logsumexp(s, 1)
             st[:, 1] = torch.where(same, s, 0).sum(1)
             st[:, 3] = s.sum(1)
+            st[:, 4] = (torch.softmax(s, 1) * s).sum(1)
+        else:
+            st[:, 0] = float("-inf")
     return stats
 
 
-def _dscores_cpu(s, same, lse, cnt, w, eps, Nb, siglip):
-    if siglip:
-        sig = torch.sigmoid(torch.where(same, -s, s))
-        ds = torch.where(same, -sig, sig)
-    else:
-        ds = torch.exp(s - lse[:, None]) - (torch.where(same, (1 - eps) / cnt.clamp_min(1)[:, None], 0) + eps / Nb)
-    return ds.mul_(w[:, None])
-
-
-def _grads_cpu(a, b, la, lb, stats, w, scale, bias, eps, siglip):
+def _grads_cpu(a, b, la, lb, sa, wa, sb, wb, scale, bias, eps, siglip):
     Ma, D = a.shape
     Nb = b.shape[0]
     af, bf = a.float(), b.float()
     da = torch.empty((Ma, D), dtype=torch.float32, device=a.device)
     db = torch.zeros((Nb, D), dtype=torch.float32, device=a.device)
-    dss = torch.zeros((Ma, 2), dtype=torch.float32, device=a.device)
     chunk = _chunk(Nb)
     for r0 in range(0, Ma, chunk):
         rows = slice(r0, r0 + chunk)
-        raw = torch.mm(af[rows], bf.t())
-        s = raw * scale + bias
+        s = torch.mm(af[rows], bf.t()).mul_(scale).add_(bias)
         same = la[rows, None] == lb[None, :]
-        ds = _dscores_cpu(s, same, stats[rows, 0], stats[rows, 2], w[rows], eps, Nb, siglip)
-        dss[rows, 0] = (ds * raw).sum(1) * scale
-        dss[rows, 1] = ds.sum(1)
-        da[rows] = torch.mm(ds, bf).mul_(scale)
-        db.addmm_(ds.t(), af[rows], alpha=scale)
-    return da, db, dss
+        ds = _dterm_cpu(s, same, sa[rows, 0:1], sa[rows, 2:3], wa[rows, None], eps, Nb, siglip)
+        if sb is not None:
+            ds += _dterm_cpu(s, same, sb[None, :, 0], sb[None, :, 2], wb[None, :], eps, Ma, siglip)
+        torch.mm(ds, bf, out=da[rows])
+        db.addmm_(ds.t(), af[rows])
+    return da.mul_(scale), db.mul_(scale)
 
 
 def _row_losses(stats, Nb, eps, siglip):
@@ -82,71 +89,112 @@ def _row_losses(stats, Nb, eps, siglip):
     return stats[:, 0] - (1 - eps) * pos - (eps / Nb) * stats[:, 3] if Nb else stats[:, 0].clone()
 
 
-def _direction_forward(kind, backend, eps, a, b, la, lb, scale, bias):
+def _scale_bias_sums(stats, Nb, bias, eps, siglip):
+    """Per row of a direction, sum_j G_ij (S_ij - bias) and sum_j G_ij with G = d loss_i / d S_ij, from the
+    forward's statistics (the backward multiplies them by the row weights)."""
+    if siglip or Nb == 0:
+        return stats[:, 4], stats[:, 5]
+    has = (stats[:, 2] > 0).float()
+    t_sum = (1 - eps) * has + eps
+    t_dot_s = (1 - eps) * has * stats[:, 1] / stats[:, 2].clamp_min(1) + (eps / Nb) * stats[:, 3]
+    g2 = 1 - t_sum
+    return stats[:, 4] - t_dot_s - bias * g2, g2
+
+
+def _forward(kind, backend, eps, both, a, b, la, lb, scale, bias):
     siglip = kind == "siglip"
     if backend == "triton":
         la, lb = la.to(torch.int32), lb.to(torch.int32)  # 32-bit ids: fewer registers in the kernels
-        stats = _kernels().rows(a, b, la, lb, scale, bias, siglip)
+        rows = _kernels().rows
     else:
-        stats = _rows_cpu(a, b, la, lb, scale, bias, siglip)
-    return _row_losses(stats, b.shape[0], eps, siglip), stats
+        rows = _rows_cpu
+    Ma, Nb = a.shape[0], b.shape[0]
+    sa = rows(a, b, la, lb, scale, bias, siglip)
+    if not both:
+        return _row_losses(sa, Nb, eps, siglip), sa.new_empty((0,)), sa, sa.new_empty((0, STATS))
+    sb = rows(b, a, lb, la, scale, bias, siglip)
+    return _row_losses(sa, Nb, eps, siglip), _row_losses(sb, Ma, eps, siglip), sa, sb
 
 
-def _direction_backward(kind, backend, eps, g, a, b, la, lb, scale, bias, stats):
+def _backward_impl(kind, backend, eps, both, ga, gb, a, b, la, lb, scale, bias, sa, sb):
     siglip = kind == "siglip"
-    w = g.float().contiguous()
+    wa = ga.float().contiguous()
+    wb = gb.float().contiguous() if both else None
+    sb = sb if both else None
     if backend == "triton":
         la, lb = la.to(torch.int32), lb.to(torch.int32)
-        da, db, dss = _kernels().grads(a, b, la, lb, stats, w, scale, bias, eps, siglip)
+        da, db = _kernels().grads(a, b, la, lb, sa, wa, sb, wb, scale, bias, eps, siglip)
     else:
-        da, db, dss = _grads_cpu(a, b, la, lb, stats, w, scale, bias, eps, siglip)
-    dscale = dss[:, 0].sum() / scale if scale != 0 else dss[:, 0].sum() * 0
-    return da.to(a.dtype), db.to(b.dtype), dscale.reshape(()), dss[:, 1].sum().reshape(())
+        da, db = _grads_cpu(a, b, la, lb, sa, wa, sb, wb, scale, bias, eps, siglip)
+    g1, g2 = _scale_bias_sums(sa, b.shape[0], bias, eps, siglip)
+    dscale, dbias = (wa * g1).sum(), (wa * g2).sum()
+    if both:
+        g1, g2 = _scale_bias_sums(sb, a.shape[0], bias, eps, siglip)
+        dscale, dbias = dscale + (wb * g1).sum(), dbias + (wb * g2).sum()
+    dscale = dscale / scale if scale != 0 else dscale * 0
+    return da.to(a.dtype), db.to(b.dtype), dscale.reshape(()), dbias.reshape(())
 
 
-# One direction as a torch.library custom op (eager autograd and torch.compile both run it): per-row losses,
-# differentiable in A, B, scale and bias. scale and bias travel as 0-d tensors, read once on the host.
-@torch.library.custom_op("crossfuse::contrastive_direction", mutates_args=())
-def _direction_op(kind: str, backend: str, eps: float, a: torch.Tensor, b: torch.Tensor, la: torch.Tensor,
-                  lb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _direction_forward(kind, backend, eps, a, b, la, lb, float(scale), float(bias))
+# One direction (rows of A against all of B) or both (also rows of B against all of A: CLIP's symmetric loss,
+# whose backward then forms both directions' dS in one pass) as a torch.library custom op (eager autograd and
+# torch.compile both run it): per-row losses, differentiable in A, B, scale and bias. scale and bias travel as
+# 0-d tensors, read once on the host.
+@torch.library.custom_op("crossfuse::contrastive_rows", mutates_args=())
+def _rows_op(kind: str, backend: str, eps: float, both: bool, a: torch.Tensor, b: torch.Tensor, la: torch.Tensor,
+             lb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(kind, backend, eps, both, a, b, la, lb, float(scale), float(bias))
 
 
-@_direction_op.register_fake
-def _(kind, backend, eps, a, b, la, lb, scale, bias):
-    return a.new_empty((a.shape[0],), dtype=torch.float32), a.new_empty((a.shape[0], 4), dtype=torch.float32)
+@_rows_op.register_fake
+def _(kind, backend, eps, both, a, b, la, lb, scale, bias):
+    Nb = b.shape[0] if both else 0
+    f32 = dict(dtype=torch.float32)
+    return (a.new_empty((a.shape[0],), **f32), a.new_empty((Nb,), **f32), a.new_empty((a.shape[0], STATS), **f32),
+            a.new_empty((Nb, STATS), **f32))
 
 
-@torch.library.custom_op("crossfuse::contrastive_direction_backward", mutates_args=())
-def _direction_backward_op(kind: str, backend: str, eps: float, g: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                           la: torch.Tensor, lb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
-                           stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _direction_backward(kind, backend, eps, g, a, b, la, lb, float(scale), float(bias), stats)
+@torch.library.custom_op("crossfuse::contrastive_rows_backward", mutates_args=())
+def _rows_backward_op(kind: str, backend: str, eps: float, both: bool, ga: torch.Tensor, gb: torch.Tensor,
+                      a: torch.Tensor, b: torch.Tensor, la: torch.Tensor, lb: torch.Tensor, scale: torch.Tensor,
+                      bias: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_impl(kind, backend, eps, both, ga, gb, a, b, la, lb, float(scale), float(bias), sa, sb)
 
 
-@_direction_backward_op.register_fake
-def _(kind, backend, eps, g, a, b, la, lb, scale, bias, stats):
+@_rows_backward_op.register_fake
+def _(kind, backend, eps, both, ga, gb, a, b, la, lb, scale, bias, sa, sb):
     return torch.empty_like(a), torch.empty_like(b), scale.new_empty(()), scale.new_empty(())
 
 
 def _setup_context(ctx, inputs, output):
-    kind, backend, eps, a, b, la, lb, scale, bias = inputs
-    ctx.args = (kind, backend, eps)
-    ctx.save_for_backward(a, b, la, lb, scale, bias, output[1])
+    kind, backend, eps, both, a, b, la, lb, scale, bias = inputs
+    ctx.args = (kind, backend, eps, both)
+    ctx.save_for_backward(a, b, la, lb, scale, bias, output[2], output[3])
 
 
-def _backward(ctx, g, _dstats):
-    a, b, la, lb, scale, bias, stats = ctx.saved_tensors
-    da, db, dscale, dbias = _direction_backward_op(*ctx.args, g, a, b, la, lb, scale, bias, stats)
-    return None, None, None, da, db, None, None, dscale.to(scale.dtype), dbias.to(bias.dtype)
+def _backward(ctx, ga, gb, _dsa, _dsb):
+    a, b, la, lb, scale, bias, sa, sb = ctx.saved_tensors
+    if gb is None:
+        gb = sb.new_zeros((sb.shape[0],))
+    if ga is None:
+        ga = sa.new_zeros((sa.shape[0],))
+    da, db, dscale, dbias = _rows_backward_op(*ctx.args, ga, gb, a, b, la, lb, scale, bias, sa, sb)
+    return None, None, None, None, da, db, None, None, dscale.to(scale.dtype), dbias.to(bias.dtype)
 
 
-_direction_op.register_autograd(_backward, setup_context=_setup_context)
+_rows_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def direction_losses(kind, a, b, la, lb, scale, bias, eps, backend):
-    """The per-row losses of one direction; scale / bias are 0-d fp32 tensors."""
-    return _direction_op(kind, backend, float(eps), a, b, la, lb, scale, bias)[0]
+    """The per-row losses of one direction (rows of a against all of b); scale / bias are 0-d fp32 tensors."""
+    return _rows_op(kind, backend, float(eps), False, a, b, la, lb, scale, bias)[0]
+
+
+def pair_losses(kind, a, b, la, lb, scale, bias, eps, backend):
+    """The per-row losses of both directions, (rows of a against b, rows of b against a), in one op."""
+    out = _rows_op(kind, backend, float(eps), True, a, b, la, lb, scale, bias)
+    return out[0], out[1]
 
 
 def _as_scalar(op, name, v, device):
@@ -215,9 +263,11 @@ def contrastive_loss(image_emb, text_emb, logit_scale, *, logit_bias=None, kind=
     zero = torch.zeros((), device=device)
     b = bias if bias is not None else zero
     eps = float(label_smoothing)
-    rows = direction_losses(kind, image_emb, text_emb, lab, lab, scale, b, eps, chosen)
     if kind == "clip":
-        rows = 0.5 * (rows + direction_losses(kind, text_emb, image_emb, lab, lab, scale, b, eps, chosen))
+        i2t, t2i = pair_losses(kind, image_emb, text_emb, lab, lab, scale, b, eps, chosen)
+        rows = 0.5 * (i2t + t2i)
+    else:
+        rows = direction_losses(kind, image_emb, text_emb, lab, lab, scale, b, eps, chosen)
     if reduction == "none":
         return rows.to(image_emb.dtype)
     return (rows.sum() if reduction == "sum" else rows.mean()).to(image_emb.dtype)
