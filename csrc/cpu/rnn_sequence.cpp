@@ -8,27 +8,49 @@
 
 namespace crossfuse {
 
-void cell_step_cpu(const SmallCellArgs&);  // csrc/cpu/cell_step.cpp: one instantiation of the step kernels
+void cell_step_range_cpu(const SmallCellArgs&, int64_t, int64_t);  // csrc/cpu/cell_step.cpp
 
+// One parallel region for the whole sequence: each thread owns a range of hidden-unit blocks for every step
+// and the threads meet at one barrier per step (the next step reads every unit of this one's state), where a
+// region per step would fork and join T times.
 void rnn_sequence_cpu(const SeqArgs& s) {
   const int64_t T = s.T, B = s.B, H = s.H, BH = B * H;
-  std::vector<uint8_t> active(s.lengths ? B : 0);
-  for (int64_t step = 0; step < T; ++step) {
-    const int64_t t = s.reverse ? T - 1 - step : step, p = s.reverse ? t + 1 : t - 1;
-    if (s.lengths)  // a row past its length keeps its state (forward) or has not started (reverse)
-      for (int64_t b = 0; b < B; ++b) active[b] = t < s.lengths[b];
-    SmallCellArgs a;
-    a.kind = s.kind; a.B = B; a.I = 0; a.H = H;
-    a.hx = step == 0 ? s.h0 : s.hs + p * BH;
-    a.cx = step == 0 ? s.c0 : (s.cs ? s.cs + p * BH : nullptr);
-    a.sh = a.sc = a.shy = a.scy = H;
-    a.w_hh = s.w_hh; a.b_hh = s.b_hh;
-    a.gi_pre = s.gi + t * s.sgt; a.sgi = s.sgb;
-    a.hy = s.hs + t * BH;
-    a.cy = s.cs ? s.cs + t * BH : nullptr;
-    a.ws = s.ws ? s.ws + t * 4 * BH : nullptr; a.sws = 4 * H;
-    a.active = s.lengths ? active.data() : nullptr;
-    cell_step_cpu(a);
+  const int64_t G = s.kind == kLstm ? 4 : (s.kind == kGru ? 3 : 1);
+  const int64_t blocks = (H + kSmallUnits - 1) / kSmallUnits;
+  const bool par = B * G * H * H >= kSmallParallelMacs && blocks >= 2;
+  (void)par;
+#if defined(_OPENMP)
+#pragma omp parallel if (par)
+#endif
+  {
+    int64_t nt = 1, id = 0;
+#if defined(_OPENMP)
+    nt = omp_get_num_threads(); id = omp_get_thread_num();
+#endif
+    const int64_t per = (blocks + nt - 1) / nt, j0 = std::min(H, id * per * kSmallUnits),
+                  j1 = std::min(H, (id + 1) * per * kSmallUnits);
+    std::vector<uint8_t> active(s.lengths ? B : 0);
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t t = s.reverse ? T - 1 - step : step, p = s.reverse ? t + 1 : t - 1;
+      if (s.lengths)  // a row past its length keeps its state (forward) or has not started (reverse)
+        for (int64_t b = 0; b < B; ++b) active[b] = t < s.lengths[b];
+      SmallCellArgs a;
+      a.kind = s.kind; a.B = B; a.I = 0; a.H = H;
+      a.hx = step == 0 ? s.h0 : s.hs + p * BH;
+      a.cx = step == 0 ? s.c0 : (s.cs ? s.cs + p * BH : nullptr);
+      a.sh = a.sc = a.shy = a.scy = H;
+      a.w_hh = s.w_hh; a.b_hh = s.b_hh;
+      a.gi_pre = s.gi + t * s.sgt; a.sgi = s.sgb;
+      if (step + 1 < T) a.gi_next = s.gi + (s.reverse ? t - 1 : t + 1) * s.sgt;
+      a.hy = s.hs + t * BH;
+      a.cy = s.cs ? s.cs + t * BH : nullptr;
+      a.ws = s.ws ? s.ws + t * 4 * BH : nullptr; a.sws = 4 * H;
+      a.active = s.lengths ? active.data() : nullptr;
+      if (j0 < j1) cell_step_range_cpu(a, j0, j1);
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+    }
   }
 }
 

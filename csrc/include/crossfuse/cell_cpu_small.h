@@ -22,6 +22,7 @@ struct SmallCellArgs {
   // `ws` (B, 4H) receives the activated gates (LSTM i f g o; GRU r z n hn) for the backward; rows b with
   // `active[b] == 0` keep their state (hy = hx, cy = cx) and get zero gates.
   const float* gi_pre = nullptr;
+  const float* gi_next = nullptr;  // the next step's gi_pre (same strides), prefetched block by block
   float* ws = nullptr;
   const uint8_t* active = nullptr;
   int64_t sgi = 0, sws = 0;
@@ -60,9 +61,10 @@ CF_AI float hsum(v8f v) {
 }
 
 // Dot products of NR weight rows (stride K) with NB input rows (stride sa), NR * NB = 8 independent
-// accumulators (one chain would be latency-bound); writes out[b * ldo + r].
-template <int NR, int NB>
-CF_AI void tile8(const float* w, const float* a, int64_t sa, int64_t K, float* out, int ldo) {
+// accumulators (one chain would be latency-bound); writes out[b * ldo + r]. PIN keeps each weight slice in a
+// register (see tile8 below).
+template <int NR, int NB, bool PIN>
+CF_AI void tile8_body(const float* w, const float* a, int64_t sa, int64_t K, float* out, int ldo) {
   static_assert(NR * NB == 8, "eight accumulators");
   v8f acc[NB * NR] = {};
   int64_t k = 0;
@@ -71,6 +73,7 @@ CF_AI void tile8(const float* w, const float* a, int64_t sa, int64_t K, float* o
     for (int b = 0; b < NB; ++b) av[b] = load8(a + b * sa + k);
     for (int r = 0; r < NR; ++r) {
       v8f wv = load8(w + r * K + k);
+      if constexpr (PIN) asm("" : "+x"(wv));
       for (int b = 0; b < NB; ++b) acc[b * NR + r] += wv * av[b];
     }
   }
@@ -86,6 +89,28 @@ CF_AI void tile8(const float* w, const float* a, int64_t sa, int64_t K, float* o
     store4(out, __builtin_shufflevector(s, s, 0, 1, 2, 3));
     store4(out + ldo, __builtin_shufflevector(s, s, 4, 5, 6, 7));
   }
+}
+
+#if CF_X86_CLONES
+// GCC folds a weight load used NB times into each of the NB multiply-adds, so the loads, not the FMAs, bound
+// the loop; an empty asm pins the slice in a ymm register, which only an AVX function may hold.
+template <int NR, int NB>
+__attribute__((target("arch=x86-64-v3"))) void tile8_v3(const float* w, const float* a, int64_t sa, int64_t K,
+                                                         float* out, int ldo) {
+  tile8_body<NR, NB, true>(w, a, sa, K, out, ldo);
+}
+inline bool has_v3() {
+  static const bool v3 = __builtin_cpu_supports("x86-64-v3");
+  return v3;
+}
+#endif
+
+template <int NR, int NB>
+CF_AI void tile8(const float* w, const float* a, int64_t sa, int64_t K, float* out, int ldo) {
+#if CF_X86_CLONES
+  if (NB > 1 && has_v3()) return tile8_v3<NR, NB>(w, a, sa, K, out, ldo);
+#endif
+  tile8_body<NR, NB, false>(w, a, sa, K, out, ldo);
 }
 
 CF_AI void dot1(const float* w, const float* a, int64_t K, float* out) {
@@ -131,8 +156,16 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
       for (int k = 0; k < G; ++k) {
         const int64_t row = k * H + u0;
         if (a.gi_pre) {
-          for (int64_t b = 0; b < B; ++b)
-            for (int u = 0; u < U; ++u) gi[k][b][u] = u < n ? a.gi_pre[(r0 + b) * a.sgi + row + u] : 0.f;
+          for (int64_t b = 0; b < B; ++b) {
+            const float* src = a.gi_pre + (r0 + b) * a.sgi + row;
+            // (B, G*H) of fresh input gates per step do not stay in cache across the sequence: ask for the
+            // next step's slice of this block while this one computes
+            if (a.gi_next) __builtin_prefetch(a.gi_next + (r0 + b) * a.sgi + row, 0, 2);  // to L2: W streams through L1
+            if (n == U)
+              __builtin_memcpy(gi[k][b], src, sizeof(float) * U);
+            else
+              for (int u = 0; u < U; ++u) gi[k][b][u] = u < n ? src[u] : 0.f;
+          }
         } else {
           small::rows_dot(a.w_ih + row * I, n, a.x + r0 * a.sx, a.sx, B, I, &gi[k][0][0], U);
         }
@@ -208,6 +241,18 @@ void small_cell(const SmallCellArgs& a) {
 #endif
   (void)macs;
   small_cell_range<KIND>(a, 0, a.H);
+}
+
+// Hidden units [j0, j1) only, on the calling thread (a caller that runs its own parallel region).
+inline void run_small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t j1) {
+  switch (a.kind) {
+    case kRnnTanh: small_cell_range<kRnnTanh>(a, j0, j1); break;
+    case kRnnRelu: small_cell_range<kRnnRelu>(a, j0, j1); break;
+    case kRnnSigmoid: small_cell_range<kRnnSigmoid>(a, j0, j1); break;
+    case kLstm: small_cell_range<kLstm>(a, j0, j1); break;
+    case kGru: small_cell_range<kGru>(a, j0, j1); break;
+    default: throw std::invalid_argument("crossfuse: wrong cell kind " + std::to_string(a.kind));
+  }
 }
 
 inline void run_small_cell(const SmallCellArgs& a) {

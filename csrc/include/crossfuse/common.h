@@ -18,8 +18,10 @@
 // clones, AVX2 without FMA and FMA without AVX2, and the resolver prefers the first: no fused multiply-adds.)
 #if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__) && !defined(__CUDACC__)
 #define CF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define CF_X86_CLONES 1
 #else
 #define CF_CPU_CLONES
+#define CF_X86_CLONES 0
 #endif
 
 namespace crossfuse {
