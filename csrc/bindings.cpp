@@ -81,13 +81,13 @@ PYBIND11_MODULE(_C, m) {
   cpu.def("rnn_cell", &cpu_entry<rnn_cell_cpu>, sig);
   cpu.def("lstm_cell", &cpu_entry<lstm_cell_cpu>, sig);
   cpu.def("gru_cell", &cpu_entry<gru_cell_cpu>, sig);
-  cpu.attr("cell_step_max_batch") = kSmallMaxBatch;
+  cpu.attr("cell_step_max_batch") = kSmallStepMaxBatch;
   // fp32, rows contiguous, no autograd: GEMVs and gate math in one call. Pointers 0 = absent.
   cpu.def("cell_step", [](int kind, int64_t B, int64_t I, int64_t H, uintptr_t x, int64_t sx, uintptr_t hx, int64_t sh,
                           uintptr_t cx, int64_t sc, uintptr_t w_ih, uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh,
                           uintptr_t hy, int64_t shy, uintptr_t cy, int64_t scy) {
-    if (B < 0 || B > kSmallMaxBatch || I < 0 || H < 0)
-      throw std::invalid_argument("cell_step: batch must be in [0, " + std::to_string(kSmallMaxBatch) + "]");
+    if (B < 0 || B > kSmallStepMaxBatch || I < 0 || H < 0)
+      throw std::invalid_argument("cell_step: batch must be in [0, " + std::to_string(kSmallStepMaxBatch) + "]");
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("cell_step: wrong kind");
     if (B * H > 0 && (!x || !w_ih || !hy || (hx && !w_hh) || (kind == kLstm && !cy)))
       throw std::invalid_argument("cell_step: missing pointer");

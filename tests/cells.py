@@ -8,8 +8,9 @@ from harness import FLOOR, assert_within_rule, backend_cases, leaf_like, relu_ki
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_sigmoid": 1, "lstm": 4, "gru": 3}
 # (B, I, H, variant): zero batch, size one, odd and prime sizes; variants: plain, no bias, zero state, strided.
+# B = 37: the CPU single-call step in three passes of batch rows (16 + 16 + 5), its hidden units split over threads.
 SHAPES = [(0, 5, 7, "plain"), (1, 1, 1, "plain"), (3, 13, 37, "strided"), (7, 63, 113, "nobias"),
-          (5, 8, 257, "nostate")]
+          (5, 8, 257, "nostate"), (37, 20, 40, "plain")]
 
 
 def make_inputs(kind, B, I, H, variant, dtype, device):

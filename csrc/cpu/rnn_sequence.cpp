@@ -2,6 +2,7 @@
 // projection of all steps is one torch GEMM done before; here the time loop runs in C++, each step one fused
 // pass (R.h GEMV tiles + gate math, OpenMP over hidden-unit blocks) from crossfuse/cell_cpu_small.h.
 #include <algorithm>
+#include <utility>
 #include <vector>
 #include "crossfuse/cell_cpu_small.h"
 #include "crossfuse/rnn_cpu.h"
@@ -9,6 +10,17 @@
 namespace crossfuse {
 
 void cell_step_range_cpu(const SmallCellArgs&, int64_t, int64_t);  // csrc/cpu/cell_step.cpp
+
+namespace {
+// (threads, this thread's index) inside a parallel region; (1, 0) without OpenMP.
+std::pair<int64_t, int64_t> thread_slot() {
+#if defined(_OPENMP)
+  return {omp_get_num_threads(), omp_get_thread_num()};
+#else
+  return {1, 0};
+#endif
+}
+}  // namespace
 
 // One parallel region for the whole sequence: each thread owns a range of hidden-unit blocks for every step
 // and the threads meet at one barrier per step (the next step reads every unit of this one's state), where a
@@ -23,10 +35,7 @@ void rnn_sequence_cpu(const SeqArgs& s) {
 #pragma omp parallel if (par)
 #endif
   {
-    int64_t nt = 1, id = 0;
-#if defined(_OPENMP)
-    nt = omp_get_num_threads(); id = omp_get_thread_num();
-#endif
+    const auto [nt, id] = thread_slot();
     const int64_t per = (blocks + nt - 1) / nt, j0 = std::min(H, id * per * kSmallUnits),
                   j1 = std::min(H, (id + 1) * per * kSmallUnits);
     std::vector<uint8_t> active(s.lengths ? B : 0);
@@ -160,10 +169,7 @@ void sequence_backward(const SeqBwdArgs& s) {
 #pragma omp parallel if (par)
 #endif
     {
-      int nt = 1, id = 0;
-#if defined(_OPENMP)
-      nt = omp_get_num_threads(); id = omp_get_thread_num();
-#endif
+      const auto [nt, id] = thread_slot();
       const int64_t bb = (B + nt - 1) / nt, b0 = id * bb, b1 = std::min(B, b0 + bb);
       if (b0 < b1)
         gates_backward<KIND>(s, t, dh_t.data(), dc.data(), hprev, cprev, s.lengths ? active.data() : nullptr,

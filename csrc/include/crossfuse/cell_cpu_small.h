@@ -28,7 +28,8 @@ struct SmallCellArgs {
   int64_t sgi = 0, sws = 0;
 };
 
-constexpr int kSmallMaxBatch = 16;
+constexpr int kSmallMaxBatch = 16;       // batch rows per pass over a block's weight rows
+constexpr int kSmallStepMaxBatch = 64;  // the single-call step's limit (the weight blocks stay in L2 across passes)
 constexpr int kSmallUnits = 8;  // hidden units per block: 8 weight rows per gate
 #ifndef CF_SMALL_PAR_MACS
 #define CF_SMALL_PAR_MACS (1 << 15)
