@@ -139,6 +139,33 @@ CF_AI void rows_dot(const float* w, int64_t R, const float* a, int64_t sa, int64
 #undef CF_AI
 }  // namespace small
 
+// The LSTM gate math of a whole block (B rows x U units, every row active, a previous state) as one flat loop
+// over its B * U lanes: the vectorised activations of several rows overlap, where a loop per row of U lanes
+// runs one long dependency chain at a time. g[k] holds the gate pre-activations without the biases.
+CF_CPU_CLONES inline void lstm_block(const SmallCellArgs& a, int64_t u0, int64_t r0, int64_t B,
+                                     float (*g)[kSmallMaxBatch][kSmallUnits], float (*gh)[kSmallMaxBatch][kSmallUnits],
+                                     const float (*bias)[kSmallUnits]) {
+  constexpr int U = kSmallUnits;
+  float c[kSmallMaxBatch][U], c2[kSmallMaxBatch][U], h2[kSmallMaxBatch][U];
+  for (int64_t b = 0; b < B; ++b) {
+    if (a.cx)
+      __builtin_memcpy(c[b], a.cx + (r0 + b) * a.sc + u0, sizeof c[b]);
+    else
+      for (int u = 0; u < U; ++u) c[b][u] = 0.f;
+    for (int k = 0; k < 4; ++k)
+      for (int u = 0; u < U; ++u) g[k][b][u] += gh[k][b][u] + bias[k][u];
+  }
+  float *i = &g[0][0][0], *f = &g[1][0][0], *gg = &g[2][0][0], *o = &g[3][0][0];
+  for (int64_t l = 0; l < B * U; ++l) lstm_fwd(i[l], f[l], gg[l], o[l], (&c[0][0])[l], (&c2[0][0])[l], (&h2[0][0])[l]);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t rb = r0 + b;
+    __builtin_memcpy(a.hy + rb * a.shy + u0, h2[b], sizeof h2[b]);
+    __builtin_memcpy(a.cy + rb * a.scy + u0, c2[b], sizeof c2[b]);
+    if (a.ws)
+      for (int k = 0; k < 4; ++k) __builtin_memcpy(a.ws + rb * a.sws + k * a.H + u0, g[k][b], sizeof g[k][b]);
+  }
+}
+
 // Hidden units [j0, j1), in blocks of U, batch rows in chunks of kSmallMaxBatch: the gate pre-activations of
 // a block land in gi/gh[gate][batch][unit], then the gate math runs over the U units of a row as one
 // (vectorisable) loop.
@@ -175,6 +202,13 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
           bi[k][u] = a.b_ih && u < n ? a.b_ih[row + u] : 0.f;
           bh[k][u] = a.b_hh && u < n ? a.b_hh[row + u] : 0.f;
         }
+      }
+      if (KIND == kLstm && n == U && hx && !a.active) {
+        float sum_b[G][U];
+        for (int k = 0; k < G; ++k)
+          for (int u = 0; u < U; ++u) sum_b[k][u] = bi[k][u] + bh[k][u];
+        lstm_block(a, u0, r0, B, gi, gh, sum_b);
+        continue;
       }
       for (int64_t b = 0; b < B; ++b) {
         const int64_t rb = r0 + b;
