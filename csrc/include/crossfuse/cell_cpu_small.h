@@ -174,7 +174,9 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
   constexpr int G = KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1);
   constexpr int U = kSmallUnits;
   const int64_t H = a.H, I = a.I;
-  float gi[G][kSmallMaxBatch][U], gh[G][kSmallMaxBatch][U];
+  // 32-byte aligned, so that the gate math's vector loads can forward from whole-vector stores
+  alignas(32) float gi[G][kSmallMaxBatch][U];
+  alignas(32) float gh[G][kSmallMaxBatch][U];
   float bi[G][U], bh[G][U], hprev[U], cprev[U], h2[U], c2[U];
   for (int64_t u0 = j0; u0 < j1; u0 += U) {
     const int64_t n = std::min<int64_t>(U, j1 - u0);
@@ -190,7 +192,7 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
             // next step's slice of this block while this one computes
             if (a.gi_next) __builtin_prefetch(a.gi_next + (r0 + b) * a.sgi + row, 0, 2);  // to L2: W streams through L1
             if (n == U)
-              __builtin_memcpy(gi[k][b], src, sizeof(float) * U);
+              *reinterpret_cast<small::v8f*>(gi[k][b]) = small::load8(src);
             else
               for (int u = 0; u < U; ++u) gi[k][b][u] = u < n ? src[u] : 0.f;
           }
