@@ -61,13 +61,20 @@ CF_AI float hsum(v8f v) {
   return s[0] + s[1];
 }
 
-// Dot products of NR weight rows (stride K) with NB input rows (stride sa), NR * NB = 8 independent
-// accumulators (one chain would be latency-bound); writes out[b * ldo + r]. PIN keeps each weight slice in a
-// register (see tile8 below).
+// The four horizontal sums of a0..a3 (lane i = sum of ai).
+CF_AI v4f hsum4x8(const v8f* a) {
+  v8f u = hadd(hadd(a[0], a[1]), hadd(a[2], a[3]));
+  return __builtin_shufflevector(u, u, 0, 1, 2, 3) + __builtin_shufflevector(u, u, 4, 5, 6, 7);
+}
+
+// Dot products of NR weight rows (stride K) with NB input rows (stride sa): NR * NB = 8 or 12 independent
+// accumulators (one chain would be latency-bound; 12 also keep each weight slice for 3 rows); writes
+// out[b * ldo + r]. PIN keeps each weight slice in a register (see tile below).
 template <int NR, int NB, bool PIN>
-CF_AI void tile8_body(const float* w, const float* a, int64_t sa, int64_t K, float* out, int ldo) {
-  static_assert(NR * NB == 8, "eight accumulators");
-  v8f acc[NB * NR] = {};
+CF_AI void tile_body(const float* w, const float* a, int64_t sa, int64_t K, float* out, int ldo) {
+  constexpr int N = NR * NB;
+  static_assert(N == 8 || (N == 12 && NR == 4), "8 or 12 accumulators");
+  v8f acc[N] = {};
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
     v8f av[NB];
@@ -78,27 +85,24 @@ CF_AI void tile8_body(const float* w, const float* a, int64_t sa, int64_t K, flo
       for (int b = 0; b < NB; ++b) acc[b * NR + r] += wv * av[b];
     }
   }
-  v8f s = hsum8x8(acc);  // lane b * NR + r
+  float sums[N];  // index b * NR + r
+  store8(sums, hsum8x8(acc));
+  if constexpr (N == 12) store4(sums + 8, hsum4x8(acc + 8));
   if (k < K) {
     for (int b = 0; b < NB; ++b)
       for (int r = 0; r < NR; ++r)
-        for (int64_t t = k; t < K; ++t) s[b * NR + r] += w[r * K + t] * a[b * sa + t];
+        for (int64_t t = k; t < K; ++t) sums[b * NR + r] += w[r * K + t] * a[b * sa + t];
   }
-  if (NB == 1) {
-    store8(out, s);
-  } else {
-    store4(out, __builtin_shufflevector(s, s, 0, 1, 2, 3));
-    store4(out + ldo, __builtin_shufflevector(s, s, 4, 5, 6, 7));
-  }
+  for (int b = 0; b < NB; ++b) __builtin_memcpy(out + b * ldo, sums + b * NR, sizeof(float) * NR);
 }
 
 #if CF_X86_CLONES
 // GCC folds a weight load used NB times into each of the NB multiply-adds, so the loads, not the FMAs, bound
 // the loop; an empty asm pins the slice in a ymm register, which only an AVX function may hold.
 template <int NR, int NB>
-__attribute__((target("arch=x86-64-v3"))) void tile8_v3(const float* w, const float* a, int64_t sa, int64_t K,
-                                                         float* out, int ldo) {
-  tile8_body<NR, NB, true>(w, a, sa, K, out, ldo);
+__attribute__((target("arch=x86-64-v3"))) void tile_v3(const float* w, const float* a, int64_t sa, int64_t K,
+                                                        float* out, int ldo) {
+  tile_body<NR, NB, true>(w, a, sa, K, out, ldo);
 }
 inline bool has_v3() {
   static const bool v3 = __builtin_cpu_supports("x86-64-v3");
@@ -107,11 +111,11 @@ inline bool has_v3() {
 #endif
 
 template <int NR, int NB>
-CF_AI void tile8(const float* w, const float* a, int64_t sa, int64_t K, float* out, int ldo) {
+CF_AI void tile(const float* w, const float* a, int64_t sa, int64_t K, float* out, int ldo) {
 #if CF_X86_CLONES
-  if (NB > 1 && has_v3()) return tile8_v3<NR, NB>(w, a, sa, K, out, ldo);
+  if (NB > 1 && has_v3()) return tile_v3<NR, NB>(w, a, sa, K, out, ldo);
 #endif
-  tile8_body<NR, NB, false>(w, a, sa, K, out, ldo);
+  tile_body<NR, NB, false>(w, a, sa, K, out, ldo);
 }
 
 CF_AI void dot1(const float* w, const float* a, int64_t K, float* out) {
@@ -123,17 +127,22 @@ CF_AI void dot1(const float* w, const float* a, int64_t K, float* out) {
   *out = s;
 }
 
-// out[b * ldo + r] = dot(w + r * K, a + b * sa) for R rows and B batch rows: 4x2 and 8x1 tiles, single-row tails.
+// out[b * ldo + r] = dot(w + r * K, a + b * sa) for R rows and B batch rows: 4-row tiles over 3 and 2 batch
+// rows (as many 3s as leave B exactly covered), 8x1 tiles for a single row, single-row tails.
 CF_AI void rows_dot(const float* w, int64_t R, const float* a, int64_t sa, int64_t B, int64_t K, float* out, int ldo) {
-  const int64_t B2 = B & ~int64_t(1);
+  const int64_t pairs = B < 2 ? 0 : (B % 3 == 0 ? 0 : (B % 3 == 2 ? 1 : 2));
+  const int64_t triples = B < 2 ? 0 : (B - 2 * pairs) / 3, covered = 3 * triples + 2 * pairs;
   int64_t r = 0;
-  for (; r + 4 <= R; r += 4)  // the 4 rows stay in L1 while every batch pair passes over them
-    for (int64_t b = 0; b < B2; b += 2) tile8<4, 2>(w + r * K, a + b * sa, sa, K, out + b * ldo + r, ldo);
+  for (; r + 4 <= R; r += 4) {  // the 4 rows stay in L1 while every batch group passes over them
+    int64_t b = 0;
+    for (int64_t i = 0; i < triples; ++i, b += 3) tile<4, 3>(w + r * K, a + b * sa, sa, K, out + b * ldo + r, ldo);
+    for (int64_t i = 0; i < pairs; ++i, b += 2) tile<4, 2>(w + r * K, a + b * sa, sa, K, out + b * ldo + r, ldo);
+  }
   for (; r < R; ++r)
-    for (int64_t b = 0; b < B2; ++b) dot1(w + r * K, a + b * sa, K, out + b * ldo + r);
-  if (B2 < B) {  // the odd last batch row
-    for (r = 0; r + 8 <= R; r += 8) tile8<8, 1>(w + r * K, a + B2 * sa, sa, K, out + B2 * ldo + r, ldo);
-    for (; r < R; ++r) dot1(w + r * K, a + B2 * sa, K, out + B2 * ldo + r);
+    for (int64_t b = 0; b < covered; ++b) dot1(w + r * K, a + b * sa, K, out + b * ldo + r);
+  if (covered < B) {  // a single batch row
+    for (r = 0; r + 8 <= R; r += 8) tile<8, 1>(w + r * K, a + covered * sa, sa, K, out + covered * ldo + r, ldo);
+    for (; r < R; ++r) dot1(w + r * K, a + covered * sa, K, out + covered * ldo + r);
   }
 }
 #undef CF_AI
