@@ -6,7 +6,7 @@ A direction is rows of A against all rows of B:
 Forward: one kernel gives a direction's row statistics, including the sums the scale and bias gradients need
 (CLIP's symmetric loss launches it twice, A and B swapped). Backward: per chunk of rows, one kernel writes
 dS (one or both directions at once, in the inputs' dtype) and a cuBLAS GEMM turns it into those rows'
-gradient; the chunk is capped in elements, so extra memory is O(B), deterministic, no atomics.
+gradient; the chunk is capped in bytes (DS_CHUNK_BYTES), so extra memory is O(B); deterministic, no atomics.
 """
 import inspect
 
