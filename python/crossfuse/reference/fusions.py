@@ -64,28 +64,29 @@ def _expand(x0, x1):
     return x0.expand(*shape, x0.shape[-1]), x1.expand(*shape, x1.shape[-1])
 
 
+def _factor_product(m, lin0, lin1, x0, x1):
+    """act(lin0 x0) * act(lin1 x1), each factor through dropout_input: one MFB-style stage before pooling."""
+    a = _act(m.activ_input)
+    u0, u1 = a(lin0(x0)), a(lin1(x1))
+    return _drop(m, u0, m.dropout_input) * _drop(m, u1, m.dropout_input)
+
+
+def _factor_sum(m, z):
+    return z.view(*z.shape[:-1], m.mm_dim, m.factor).sum(-1)
+
+
 def mfb_pool(m, x0, x1):
     """MFB's pooled product with its dropouts (activ_input, dropout_input, dropout_pre_norm)."""
     x0, x1 = _expand(x0, x1)
-    a = _act(m.activ_input)
-    u0, u1 = a(m.linear0(x0)), a(m.linear1(x1))
-    u0, u1 = _drop(m, u0, m.dropout_input), _drop(m, u1, m.dropout_input)
-    z = _drop(m, u0 * u1, m.dropout_pre_norm)
-    return z.view(*z.shape[:-1], m.mm_dim, m.factor).sum(-1)
+    return _factor_sum(m, _drop(m, _factor_product(m, m.linear0, m.linear1, x0, x1), m.dropout_pre_norm))
 
 
 def mfh_pool(m, x0, x1):
     """MFH's two pooled stages (z_0, z_1) with its dropouts."""
     x0, x1 = _expand(x0, x1)
-    a = _act(m.activ_input)
-    u0, u1 = a(m.linear0_0(x0)), a(m.linear1_0(x1))
-    u0, u1 = _drop(m, u0, m.dropout_input), _drop(m, u1, m.dropout_input)
-    skip = _drop(m, u0 * u1, m.dropout_pre_lin)
-    z0 = skip.view(*skip.shape[:-1], m.mm_dim, m.factor).sum(-1)
-    v0, v1 = a(m.linear0_1(x0)), a(m.linear1_1(x1))
-    v0, v1 = _drop(m, v0, m.dropout_input), _drop(m, v1, m.dropout_input)
-    z1 = _drop(m, v0 * v1 * skip, m.dropout_pre_lin)
-    return z0, z1.view(*z1.shape[:-1], m.mm_dim, m.factor).sum(-1)
+    skip = _drop(m, _factor_product(m, m.linear0_0, m.linear1_0, x0, x1), m.dropout_pre_lin)
+    z1 = _drop(m, _factor_product(m, m.linear0_1, m.linear1_1, x0, x1) * skip, m.dropout_pre_lin)
+    return _factor_sum(m, skip), _factor_sum(m, z1)
 
 
 def _projected(m, x0, x1):
