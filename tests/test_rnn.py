@@ -72,6 +72,21 @@ def test_layer_against_reference(kind, backend, device, dtype, T, B, I, H, lengt
         assert_within_rule("no-grad " + name, fast[i], low_out[i], ref_out[i], dtype)
 
 
+@pytest.mark.parametrize("launch,reverse", [("persistent", False), ("per step", True)])
+@pytest.mark.parametrize("backend,device,dtype",
+                         backend_cases(backends=("triton",), dtypes=(torch.float32, torch.float16)))
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_triton_recurrence_over_tiles_and_launch_shapes(kind, backend, device, dtype, launch, reverse,
+                                                        monkeypatch):
+    """kernels/rnn.py with two batch tiles and several blocks of hidden units, in both launch shapes (after a
+    per-step forward the backward steps over the fused cell kernels)."""
+    kernels = importlib.import_module("crossfuse.kernels.rnn")
+    limit = 1 << 30 if launch == "persistent" else 0
+    monkeypatch.setattr(kernels, "PERSISTENT_MAX_H", {16: limit, 32: limit})
+    lengths = tuple((3 * i) % 5 for i in range(18))
+    test_layer_against_reference(kind, backend, device, dtype, 4, 18, 5, 70, lengths, reverse, True)
+
+
 def _flatten(res):
     out, state = res
     states = list(state) if isinstance(state, tuple) else [state]

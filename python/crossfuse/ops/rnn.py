@@ -2,11 +2,15 @@
 
 The input projection of all steps is one torch GEMM. The recurrence: on the `cpu` backend (fp32) the time
 loop runs in C++ (csrc/cpu/rnn_sequence.cpp: per step the R.h GEMV tiles and the gate math in one pass,
-OpenMP over hidden units); on the other backends a step loop around torch's R.h GEMM and the fused cell kernel
-of that backend. Variable lengths are handled inside: a row stops updating at its length. The backward is a
-reverse-time loop over the fused cell backward kernels, then one large GEMM per weight gradient.
+OpenMP over hidden units); on `triton`, R.h and the gate math fused in kernels/rnn.py (one persistent launch
+for the sequence up to a hidden size, a launch per step above); on `cuda`, a step loop around torch's R.h
+GEMM and the fused cell kernel. Variable lengths are handled inside: a row stops updating at its length. The
+backward is a reverse-time loop (C++ on `cpu`, the persistent Triton kernel where the forward is persistent,
+else the fused cell backward kernels), then one large GEMM per weight gradient.
 """
 from __future__ import annotations
+
+import importlib
 
 import torch
 
@@ -16,6 +20,10 @@ from crossfuse.ops._cell import BACKENDS, GATES, KINDS, run_kernel
 OPS = ("rnn", "lstm", "gru")
 for _op in OPS:
     _backend.register_op(_op, BACKENDS)
+
+
+def _triton_rnn():
+    return importlib.import_module("crossfuse.kernels.rnn")
 
 
 def _op_of(kind):
@@ -41,6 +49,10 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
             KINDS[kind], T, B, H, gi.data_ptr(), gi.stride(0), gi.stride(1), w_hh.contiguous().data_ptr(),
             ptr(None if b_hh is None else b_hh.contiguous()), ptr(None if h0 is None else h0.contiguous()),
             ptr(None if c0 is None else c0.contiguous()), ptr(lens), reverse, hs.data_ptr(), ptr(cs), ptr(ws))
+        return hs, cs, ws
+    if backend == "triton" and _triton_rnn().fits(B, H):
+        _triton_rnn().forward(kind, gi.contiguous(), w_hh.contiguous(), None if b_hh is None else b_hh.contiguous(),
+                              h0, c0, None if lengths is None else lengths.contiguous(), reverse, hs, cs, ws)
         return hs, cs, ws
     h, c = h0, c0
     for t in (reversed(range(T)) if reverse else range(T)):
@@ -119,6 +131,10 @@ def layer_backward(kind, backend, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs,
     hprev = torch.cat([hs[1:], h_first]) if reverse else torch.cat([h_first, hs[:-1]])  # the state before step t
     if backend == "cpu" and x.dtype == torch.float32 and T * B * H:
         dh, dc = _backward_steps_cpu(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh)
+    elif backend == "triton" and T * B * H and _triton_rnn().fits(B, H) and _triton_rnn().persistent(H, x.dtype):
+        dh, dc = _triton_rnn().backward(kind, dout, dhT, dcT if kind == "lstm" else None, h0, c0, w_hh.contiguous(),
+                                        hs, cs, ws, lengths, reverse, dgi, dgh if kind == "gru" else None)
+        dh, dc = dh.to(x.dtype), None if dc is None else dc.to(x.dtype)
     else:
         dh, dc = _backward_steps(kind, backend, dout, dhT, dcT, hprev, c0, w_hh, hs, cs, ws, lengths, reverse,
                                  dgi, dgh)
