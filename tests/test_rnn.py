@@ -16,7 +16,9 @@ KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "rnn_sigmoid")
 GATES = {"lstm": 4, "gru": 3}
 # (T, B, I, H, lengths, reverse, with_state)
 SHAPES = [(1, 1, 1, 1, None, False, True), (7, 5, 13, 37, (7, 3, 0, 5, 1), False, True),
-          (6, 4, 8, 19, (2, 6, 1, 6), True, False), (5, 3, 6, 9, None, True, True)]
+          (6, 4, 8, 19, (2, 6, 1, 6), True, False), (5, 3, 6, 9, None, True, True),
+          # large enough for the CPU kernel's threads: split by rows (B >= 4) and by hidden units (B = 3)
+          (5, 6, 8, 64, (5, 2, 4, 0, 5, 3), False, True), (4, 3, 7, 67, None, True, False)]
 
 
 def _inputs(kind, T, B, I, H, with_state, dtype, device):

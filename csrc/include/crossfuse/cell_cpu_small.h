@@ -26,6 +26,8 @@ struct SmallCellArgs {
   float* ws = nullptr;
   const uint8_t* active = nullptr;
   int64_t sgi = 0, sws = 0;
+  // Sequence use, LSTM/GRU: w_hh repacked by unit block (pack_units_cpu), or null for the row-dot GEMV.
+  const float* w_packed = nullptr;
 };
 
 constexpr int kSmallMaxBatch = 16;       // batch rows per pass over a block's weight rows
@@ -145,8 +147,89 @@ CF_AI void rows_dot(const float* w, int64_t R, const float* a, int64_t sa, int64
     for (; r < R; ++r) dot1(w + r * K, a + covered * sa, K, out + covered * ldo + r);
   }
 }
+
+// The recurrent GEMV on weights packed by unit block (pack_units_cpu): P[k][g][u] holds G x kSmallUnits
+// weights per k, so out[g][b][:] = sum_k h[b][k] P[k][g][:] accumulates whole 8-unit vectors (no horizontal
+// sums) from one contiguous weight stream. NB rows x G gates of accumulators, in KS sets over alternate k (a
+// single row has too few independent chains otherwise); `first` starts them at zero, else they continue from
+// out (a chunk of k at a time).
+template <int G, int NB, bool PIN>
+CF_AI void packed_body(const float* P, const float* h, int64_t sh, int64_t k0, int64_t k1, float* out, bool first) {
+  constexpr int S = G * 8, O = kSmallMaxBatch * 8, KS = NB == 1 ? 2 : 1;
+  v8f acc[KS][NB][G];
+  for (int s = 0; s < KS; ++s)
+    for (int b = 0; b < NB; ++b)
+      for (int g = 0; g < G; ++g) acc[s][b][g] = first || s ? v8f{} : load8(out + g * O + b * 8);
+  auto step = [&](int s, int64_t k) __attribute__((always_inline)) {
+    v8f hb[NB];
+    for (int b = 0; b < NB; ++b) {
+      if constexpr (PIN) {  // a broadcast from memory is a load alone, where GCC would load, then shuffle
+        asm("vbroadcastss %1, %0" : "=x"(hb[b]) : "m"(h[b * sh + k]));
+      } else {
+        const v4f x = {h[b * sh + k], 0.f, 0.f, 0.f};
+        hb[b] = __builtin_shufflevector(x, x, 0, 0, 0, 0, 0, 0, 0, 0);
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      v8f w = load8(P + k * S + g * 8);
+      if constexpr (PIN) asm("" : "+x"(w));
+      for (int b = 0; b < NB; ++b) acc[s][b][g] += w * hb[b];
+    }
+  };
+  int64_t k = k0;
+  for (; k + KS <= k1; k += KS)
+    for (int s = 0; s < KS; ++s) step(s, k + s);
+  for (; k < k1; ++k) step(0, k);
+  for (int b = 0; b < NB; ++b)
+    for (int g = 0; g < G; ++g) store8(out + g * O + b * 8, KS == 2 ? acc[0][b][g] + acc[KS - 1][b][g] : acc[0][b][g]);
+}
+
+#if CF_X86_CLONES
+template <int G, int NB>
+__attribute__((target("arch=x86-64-v3"))) void packed_v3(const float* P, const float* h, int64_t sh, int64_t k0,
+                                                         int64_t k1, float* out, bool first) {
+  packed_body<G, NB, true>(P, h, sh, k0, k1, out, first);
+}
+#endif
+
+template <int G, int NB>
+CF_AI void packed_tile(const float* P, const float* h, int64_t sh, int64_t k0, int64_t k1, float* out, bool first) {
+#if CF_X86_CLONES
+  if (has_v3()) return packed_v3<G, NB>(P, h, sh, k0, k1, out, first);
+#endif
+  packed_body<G, NB, false>(P, h, sh, k0, k1, out, first);
+}
+
+// out[g][b][u] (row stride kSmallMaxBatch * 8 per gate) for B <= kSmallMaxBatch rows of h: k in chunks whose
+// weights stay in L1 while the rows pass over them in pairs (2 x G accumulators and the broadcasts fit the
+// 16 vector registers; measured faster than triples here), a last single row.
+template <int G>
+CF_AI void packed_gates(const float* P, const float* h, int64_t sh, int64_t B, int64_t K, float* out) {
+  constexpr int64_t KC = 64;
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    const int64_t k1 = std::min(K, k0 + KC);
+    int64_t b = 0;
+    for (; b + 2 <= B; b += 2) packed_tile<G, 2>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0);
+    if (b < B) packed_tile<G, 1>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0);
+  }
+}
 #undef CF_AI
 }  // namespace small
+
+// w_hh (G*H, H) row-major into P[block][k][g][u] for the unit blocks [blk0, blk1) (units past H get zero
+// weights): the layout small::packed_gates streams.
+inline void pack_units_cpu(const float* w, int64_t G, int64_t H, int64_t blk0, int64_t blk1, float* P) {
+  constexpr int U = kSmallUnits;
+  for (int64_t blk = blk0; blk < blk1; ++blk) {
+    float* dst = P + blk * H * G * U;
+    for (int64_t g = 0; g < G; ++g)
+      for (int u = 0; u < U; ++u) {
+        const int64_t j = blk * U + u;
+        const float* row = j < H ? w + (g * H + j) * H : nullptr;
+        for (int64_t k = 0; k < H; ++k) dst[(k * G + g) * U + u] = row ? row[k] : 0.f;
+      }
+  }
+}
 
 // The LSTM gate math of a whole block (B rows x U units, every row active, a previous state) as one flat loop
 // over its B * U lanes: the vectorised activations of several rows overlap, where a loop per row of U lanes
@@ -192,23 +275,40 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
     for (int64_t r0 = 0; r0 < a.B; r0 += kSmallMaxBatch) {
       const int64_t B = std::min<int64_t>(kSmallMaxBatch, a.B - r0);
       const float* hx = a.hx ? a.hx + r0 * a.sh : nullptr;
+      const bool packed = G > 1 && hx && a.w_packed && a.gi_pre;
+      auto load_gi = [&](int k, const float* ahead) {
+        const int64_t row = k * H + u0;
+        for (int64_t b = 0; b < B; ++b) {
+          const float* src = a.gi_pre + (r0 + b) * a.sgi + row;
+          if (ahead) __builtin_prefetch(ahead + (r0 + b) * a.sgi + k * H, 0, 3);
+          if (n == U)
+            *reinterpret_cast<small::v8f*>(gi[k][b]) = small::load8(src);
+          else
+            for (int u = 0; u < U; ++u) gi[k][b][u] = u < n ? src[u] : 0.f;
+        }
+      };
+      if constexpr (G > 1) {
+        if (packed) {
+          // Fresh input gates are not in cache: their loads go first, to complete under the GEMV, and ask
+          // for the block that comes next (this step's, or the next step's first).
+          const float* ahead = u0 + U < j1 ? a.gi_pre + u0 + U : (a.gi_next ? a.gi_next + j0 : nullptr);
+          for (int k = 0; k < G; ++k) load_gi(k, ahead);
+          small::packed_gates<G>(a.w_packed + (u0 / U) * H * G * U, hx, a.sh, B, H, &gh[0][0][0]);
+        }
+      }
       for (int k = 0; k < G; ++k) {
         const int64_t row = k * H + u0;
-        if (a.gi_pre) {
-          for (int64_t b = 0; b < B; ++b) {
-            const float* src = a.gi_pre + (r0 + b) * a.sgi + row;
-            // (B, G*H) of fresh input gates per step do not stay in cache across the sequence: ask for the
-            // next step's slice of this block while this one computes
-            if (a.gi_next) __builtin_prefetch(a.gi_next + (r0 + b) * a.sgi + row, 0, 2);  // to L2: W streams through L1
-            if (n == U)
-              *reinterpret_cast<small::v8f*>(gi[k][b]) = small::load8(src);
-            else
-              for (int u = 0; u < U; ++u) gi[k][b][u] = u < n ? src[u] : 0.f;
+        if (!packed) {
+          if (a.gi_pre) {
+            // the next step's slice of this block, to L2 (the weights stream through L1)
+            if (a.gi_next)
+              for (int64_t b = 0; b < B; ++b) __builtin_prefetch(a.gi_next + (r0 + b) * a.sgi + row, 0, 2);
+            load_gi(k, nullptr);
+          } else {
+            small::rows_dot(a.w_ih + row * I, n, a.x + r0 * a.sx, a.sx, B, I, &gi[k][0][0], U);
           }
-        } else {
-          small::rows_dot(a.w_ih + row * I, n, a.x + r0 * a.sx, a.sx, B, I, &gi[k][0][0], U);
+          if (hx) small::rows_dot(a.w_hh + row * H, n, hx, a.sh, B, H, &gh[k][0][0], U);
         }
-        if (hx) small::rows_dot(a.w_hh + row * H, n, hx, a.sh, B, H, &gh[k][0][0], U);
         for (int u = 0; u < U; ++u) {
           bi[k][u] = a.b_ih && u < n ? a.b_ih[row + u] : 0.f;
           bh[k][u] = a.b_hh && u < n ? a.b_hh[row + u] : 0.f;
