@@ -2,20 +2,24 @@
 precomputed (one torch GEMM, b_ih folded in); per step, R.h (tl.dot) and the gate math are one fused pass,
 and the recurrent state lives in an fp32 scratch (half and bfloat16 inputs keep an fp32 state).
 
-Forward, two launch shapes of one kernel:
-- persistent (H <= PERSISTENT_MAX_H): one launch for the whole sequence; a program owns a batch tile and the
-  whole hidden state, loops over time and meets its own threads at a barrier between steps;
-- per step (larger H): one launch per step in which the programs split the hidden units too.
-Backward, persistent shape only (larger H steps over the fused cell kernels, python/crossfuse/ops/rnn.py):
-a reverse-time kernel of the same structure writes the gate gradients and carries dh and dc; the weight
-gradients are large torch GEMMs afterwards. Rows stop at their length (`lengths`): a row past it keeps its
-state and gets zero gate gradients, as in the CPU kernel (csrc/cpu/rnn_sequence.cpp).
+Forward, one kernel in three launch shapes (`plan`):
+- persistent, spread: one launch for the whole sequence; a batch tile's programs split its hidden units and
+  meet at a grid barrier (a counter in global memory) after each step; at most one program per SM, so all
+  are resident; the state is read past L1. On a GPU with SMs to spare;
+- persistent, one program per batch tile owning the whole hidden state (a barrier of its own threads per
+  step): under the interpreter, and on a GPU whose SMs the batch tiles already fill, up to PERSISTENT_MAX_H;
+- per step, above that: a launch per step in which the programs split the hidden units too.
+Backward, persistent (spread or not) where the forward is: a reverse-time kernel of the same structure writes
+the gate gradients and carries dh and dc, two barriers per step; otherwise python/crossfuse/ops/rnn.py steps
+over the fused cell kernels. The weight gradients are large torch GEMMs afterwards. Rows stop at their length
+(`lengths`): a row past it keeps its state and gets zero gate gradients, as in the CPU kernel
+(csrc/cpu/rnn_sequence.cpp).
 """
 import torch
 import triton
 import triton.language as tl
 
-from crossfuse.kernels._common import dot_flags, sigmoid, store, tanh
+from crossfuse.kernels._common import dot_flags, interpreted, sigmoid, store, tanh
 
 KIND_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_sigmoid": 2, "lstm": 3, "gru": 4}
 GATES = {0: 1, 1: 1, 2: 1, 3: 4, 4: 3}
@@ -24,9 +28,9 @@ GATES = {0: 1, 1: 1, 2: 1, 3: 4, 4: 3}
 # kind and dtype (fp32 spills with wider unit blocks); the per-step launch takes narrow blocks for more programs.
 CONFIGS = {(16, "persistent"): (16, 64, 32, 8), (16, "per step"): (16, 16, 32, 4), (16, "backward"): (16, 32, 32, 8),
            (32, "persistent"): (16, 16, 32, 4), (32, "per step"): (16, 16, 32, 4), (32, "backward"): (16, 16, 32, 4)}
-# The persistent kernel reads the whole R (G*H x H) once per step on one SM: past this the per-step launch,
-# which spreads the hidden units over SMs, is expected to win. A first guess from the arithmetic (R from L2
-# at ~100 GB/s per SM), to be tuned on a GPU.
+# One program per batch tile reads the whole R (G*H x H) once per step on one SM: past this the per-step
+# launch, which spreads the hidden units over SMs, is expected to win. A first guess from the arithmetic (R
+# from L2 at ~100 GB/s per SM), to be tuned on a GPU.
 PERSISTENT_MAX_H = {16: 256, 32: 128}
 _TL = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -37,6 +41,32 @@ def _width(dtype):
 
 def persistent(H: int, dtype: torch.dtype) -> bool:
     return H <= PERSISTENT_MAX_H[_width(dtype)]
+
+
+def _programs(B: int, H: int, BLOCK_B: int, BLOCK_J: int, device: torch.device) -> int:
+    """Programs per batch tile of a persistent launch: 1 under the interpreter (its programs run one after
+    another, so a grid barrier would never open) and where the batch tiles alone fill the SMs; else up to one
+    per block of hidden units, a power of two (few compiled variants), all programs of the launch at most one
+    per SM so that they are co-resident."""
+    if device.type != "cuda" or interpreted():
+        return 1
+    per = min(triton.cdiv(H, BLOCK_J), torch.cuda.get_device_properties(device).multi_processor_count
+              // triton.cdiv(B, BLOCK_B))
+    return 1 << (per.bit_length() - 1) if per > 1 else 1
+
+
+def plan(B: int, H: int, dtype: torch.dtype, device: torch.device, backward: bool = False):
+    """(launch, config, programs per batch tile): persistent with the hidden units spread over programs where
+    the GPU has SMs to spare, else persistent on one program per batch tile up to PERSISTENT_MAX_H, else a
+    launch per step (forward; the backward then steps over the cell kernels: launch None)."""
+    w = _width(dtype)
+    spread = CONFIGS[w, "backward" if backward else "per step"]
+    n = _programs(B, H, spread[0], spread[1], device)
+    if n > 1:
+        return "persistent", spread, n
+    if persistent(H, dtype):
+        return "persistent", CONFIGS[w, "backward" if backward else "persistent"], 1
+    return (None, None, 1) if backward else ("per step", CONFIGS[w, "per step"], 1)
 
 
 def fits(B: int, H: int) -> bool:
@@ -74,10 +104,34 @@ def _i64(x):
 
 
 @triton.jit
-def _tile(P, off, m):
+def _tile(P, off, m, CG: tl.constexpr = False):
     """fp32 values of P[off], 0 where masked off. Offsets inside a step are int32 (the launcher checks that
-    they fit), so that a tile holds one register per element, not a 64-bit address."""
-    return tl.load(P + off, mask=m, other=0.0).to(tl.float32)
+    they fit), so that a tile holds one register per element, not a 64-bit address. CG: read from L2, past
+    this SM's L1 (state that other programs wrote since this one last read it)."""
+    if CG:
+        v = tl.load(P + off, mask=m, other=0.0, cache_modifier=".cg")
+    else:
+        v = tl.load(P + off, mask=m, other=0.0)
+    return v.to(tl.float32)
+
+
+@triton.jit
+def _grid_sync(BAR, target, SPIN_LIMIT: tl.constexpr = 1 << 20):
+    """Every program sharing the counter BAR has arrived `target` times in all: each arrives once (a scalar
+    atomic is one thread's: thread 0, the value shared through shared memory), then polls. The launcher makes
+    those programs co-resident (at most one per SM). Past SPIN_LIMIT polls a program opens every later
+    barrier of its tile (a count no target reaches) rather than hang: the results are then wrong, and the
+    tests say so."""
+    tl.debug_barrier()  # this program's stores come before its arrival
+    tl.atomic_add(BAR, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
+    polls = 0
+    while (seen < target) & (polls < SPIN_LIMIT):
+        seen = tl.atomic_add(BAR, 0, sem="acquire", scope="gpu")
+        polls += 1
+    if polls >= SPIN_LIMIT:
+        tl.atomic_add(BAR, 1 << 29, sem="relaxed", scope="gpu")
+    tl.debug_barrier()
 
 
 @triton.jit
@@ -91,7 +145,7 @@ def _rh_gate(acc, h, W, s_w, wrows, mj, offs_k, mk, DOT_F32: tl.constexpr, PREC:
 
 @triton.jit
 def _rh(SH, rows, mb, W, s_w, H, offs_j, mj, G: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+        CG: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
     """The G gates' R.h for hidden units offs_j: h (fp32, rows of SH) in W's dtype against R's rows."""
     a0 = tl.zeros([BLOCK_B, BLOCK_J], tl.float32)
     a1 = a0
@@ -101,7 +155,7 @@ def _rh(SH, rows, mb, W, s_w, H, offs_j, mj, G: tl.constexpr, DOT_F32: tl.conste
     for k0 in range(0, H, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mk = offs_k < H
-        h = tl.load(SH + rows[:, None] * H + offs_k[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+        h = _tile(SH, rows[:, None] * H + offs_k[None, :], mb[:, None] & mk[None, :], CG)
         if not DOT_F32:
             h = h.to(W.dtype.element_ty)
         a0 = _rh_gate(a0, h, W, s_w, wr, mj, offs_k, mk, DOT_F32, PREC)
@@ -114,13 +168,17 @@ def _rh(SH, rows, mb, W, s_w, H, offs_j, mj, G: tl.constexpr, DOT_F32: tl.conste
 
 
 @triton.jit
-def _fwd_kernel(GI, s_gt, s_gb, W, s_w, BHH, LENS, HS, CS, WS, ST, step0, n_steps, T, B, H,
+def _fwd_kernel(GI, s_gt, s_gb, W, s_w, BHH, LENS, HS, CS, WS, ST, BAR, step0, n_steps, T, B, H,
                 KIND: tl.constexpr, G: tl.constexpr, HAS_BHH: tl.constexpr, HAS_LENS: tl.constexpr,
-                HAS_WS: tl.constexpr, REVERSE: tl.constexpr, SYNC: tl.constexpr, DOT_F32: tl.constexpr,
-                PREC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Steps [step0, step0 + n_steps) for a tile of batch rows (grid axis 0) and every BLOCK_J-th block of
-    hidden units from program_id(1) (grid axis 1). ST (fp32, (2, 2, B, H)): h and c, ping-pong by step parity.
-    HS, CS (T, B, H) and WS (T, B, 4H; LSTM i f g o, GRU r z n hn, fp32) contiguous."""
+                HAS_WS: tl.constexpr, REVERSE: tl.constexpr, PERSISTENT: tl.constexpr, J_PROGS: tl.constexpr,
+                DOT_F32: tl.constexpr, PREC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """Steps [step0, step0 + n_steps) for a tile of batch rows (grid axis 0). Persistent: program_id(1) of
+    J_PROGS takes every J_PROGS-th block of hidden units, and the programs of a tile meet after each step
+    (a barrier, or the counter BAR[tile] across programs); per step: one block per program. ST (fp32,
+    (2, 2, B, H)): h and c, ping-pong by step parity. HS, CS (T, B, H), WS (T, B, 4H; LSTM i f g o, GRU
+    r z n hn, fp32) contiguous."""
+    CG: tl.constexpr = J_PROGS > 1
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     mb = offs_b < B
     rows = offs_b
@@ -138,15 +196,16 @@ def _fwd_kernel(GI, s_gt, s_gb, W, s_w, BHH, LENS, HS, CS, WS, ST, step0, n_step
         DC = ST + (3 - src) * B * H
         t64 = _i64(t)
         j_first = tl.program_id(1) * BLOCK_J
-        if SYNC:  # persistent: every block of hidden units; per step: this program's block
+        if PERSISTENT:
             j_end = H
         else:
             j_end = j_first + 1
-        for j0 in range(j_first, j_end, BLOCK_J):
+        for j0 in range(j_first, j_end, BLOCK_J * J_PROGS):
             offs_j = j0 + tl.arange(0, BLOCK_J)
             mj = offs_j < H
             m2 = mb[:, None] & mj[None, :]
-            a0, a1, a2, a3 = _rh(SH, rows, mb, W, s_w, H, offs_j, mj, G, DOT_F32, PREC, BLOCK_B, BLOCK_J, BLOCK_K)
+            a0, a1, a2, a3 = _rh(SH, rows, mb, W, s_w, H, offs_j, mj, G, DOT_F32, PREC, CG, BLOCK_B, BLOCK_J,
+                                 BLOCK_K)
             oh = rows[:, None] * H + offs_j[None, :]  # (B, H) state and outputs
             gi = GI + t64 * s_gt
             og = rows[:, None] * s_gb + offs_j[None, :]
@@ -164,9 +223,9 @@ def _fwd_kernel(GI, s_gt, s_gb, W, s_w, BHH, LENS, HS, CS, WS, ST, step0, n_step
                 x3 = _tile(gi, og + 3 * H, m2) + a3
                 if HAS_BHH:
                     x3 += tl.load(BHH + 3 * H + offs_j, mask=mj, other=0.0).to(tl.float32)[None, :]
-            hp = _tile(SH, oh, m2)
+            hp = _tile(SH, oh, m2, CG)
             if KIND == 3:
-                cp = _tile(SC, oh, m2)
+                cp = _tile(SC, oh, m2, CG)
                 g0 = sigmoid(x0)
                 g1 = sigmoid(x1)
                 g2 = tanh(x2)
@@ -204,18 +263,25 @@ def _fwd_kernel(GI, s_gt, s_gb, W, s_w, BHH, LENS, HS, CS, WS, ST, step0, n_step
                     tl.store(wsp + ow + H, g1, mask=m2)
                     tl.store(wsp + ow + 2 * H, g2, mask=m2)
                     tl.store(wsp + ow + 3 * H, g3, mask=m2)
-        if SYNC:  # the next step reads every unit of this one's state
-            tl.debug_barrier()
+        if PERSISTENT:  # the next step reads every unit of this one's state
+            if J_PROGS > 1:
+                _grid_sync(BAR + tl.program_id(0), (s + 1 - step0) * J_PROGS)
+            else:
+                tl.debug_barrier()
 
 
 @triton.jit
-def _bwd_kernel(DOUT, HS, CS, WS, H0, C0, W, s_w, LENS, DGI, DGH, ST, T, B, H,
+def _bwd_kernel(DOUT, HS, CS, WS, H0, C0, W, s_w, LENS, DGI, DGH, ST, BAR, T, B, H,
                 KIND: tl.constexpr, G: tl.constexpr, HAS_DOUT: tl.constexpr, HAS_H0: tl.constexpr,
-                HAS_C0: tl.constexpr, HAS_LENS: tl.constexpr, REVERSE: tl.constexpr, DOT_F32: tl.constexpr,
-                PREC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The reverse-time loop for a tile of batch rows, persistent. ST (fp32, (5, B, H)): dh and dc ping-pong
-    by step parity, then GRU's direct dh term. Per step: the gate gradients into DGI (and DGH, GRU) in the
-    inputs' dtype, a barrier, then dh_prev = dG R (tl.dot over the G*H gate columns), a barrier."""
+                HAS_C0: tl.constexpr, HAS_LENS: tl.constexpr, REVERSE: tl.constexpr, J_PROGS: tl.constexpr,
+                DOT_F32: tl.constexpr, PREC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """The reverse-time loop for a tile of batch rows (grid axis 0), persistent; program_id(1) of J_PROGS
+    takes every J_PROGS-th block of hidden units. ST (fp32, (5, B, H)): dh and dc ping-pong by step parity,
+    then GRU's direct dh term. Per step: the gate gradients into DGI (and DGH, GRU) in the inputs' dtype, the
+    programs meet, then dh_prev = dG R (tl.dot over the G*H gate columns), the programs meet."""
+    CG: tl.constexpr = J_PROGS > 1
+    j_first = tl.program_id(1) * BLOCK_J
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     mb = offs_b < B
     rows = offs_b
@@ -241,14 +307,14 @@ def _bwd_kernel(DOUT, HS, CS, WS, H0, C0, W, s_w, LENS, DGI, DGH, ST, T, B, H,
         DIRECT = ST + 4 * B * H
         t64 = _i64(t)
         p64 = _i64(p)
-        for j0 in range(0, H, BLOCK_J):  # the gate gradients of step t
+        for j0 in range(j_first, H, BLOCK_J * J_PROGS):  # the gate gradients of step t
             offs_j = j0 + tl.arange(0, BLOCK_J)
             mj = offs_j < H
             m2 = mb[:, None] & mj[None, :]
             oh = rows[:, None] * H + offs_j[None, :]
             og = rows[:, None] * GH + offs_j[None, :]
             ow = rows[:, None] * (4 * H) + offs_j[None, :]
-            dh = _tile(SDH, oh, m2)
+            dh = _tile(SDH, oh, m2, CG)
             if HAS_LENS:
                 on = (t < lens)[:, None]
             if HAS_DOUT:
@@ -270,7 +336,7 @@ def _bwd_kernel(DOUT, HS, CS, WS, H0, C0, W, s_w, LENS, DGI, DGH, ST, T, B, H,
                         cp = tl.zeros([BLOCK_B, BLOCK_J], tl.float32)
                 else:
                     cp = _tile(CS + p64 * B * H, oh, m2)
-                dc = _tile(SDC, oh, m2)
+                dc = _tile(SDC, oh, m2, CG)
                 tc = tanh(gg * gi_ + gf * cp)
                 dc2 = dc + dh * go * (1.0 - tc * tc)
                 d0 = dc2 * gg * gi_ * (1.0 - gi_)
@@ -326,12 +392,15 @@ def _bwd_kernel(DOUT, HS, CS, WS, H0, C0, W, s_w, LENS, DGI, DGH, ST, T, B, H,
                 if HAS_LENS:
                     d0 = tl.where(on, d0, 0.0)
                 store(dgp, 0, 1, 0, og, m2, d0)
-        tl.debug_barrier()
+        if J_PROGS > 1:
+            _grid_sync(BAR + tl.program_id(0), (2 * s + 1) * J_PROGS)
+        else:
+            tl.debug_barrier()
         if KIND == 4:
             DG = DGH + t64 * B * GH
         else:
             DG = DGI + t64 * B * GH
-        for j0 in range(0, H, BLOCK_J):  # dh_prev = dG R for hidden units offs_j
+        for j0 in range(j_first, H, BLOCK_J * J_PROGS):  # dh_prev = dG R for hidden units offs_j
             offs_j = j0 + tl.arange(0, BLOCK_J)
             mj = offs_j < H
             m2 = mb[:, None] & mj[None, :]
@@ -340,18 +409,26 @@ def _bwd_kernel(DOUT, HS, CS, WS, H0, C0, W, s_w, LENS, DGI, DGH, ST, T, B, H,
             for k0 in range(0, GH, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
                 mk = offs_k < GH
-                dg = tl.load(DG + rows[:, None] * GH + offs_k[None, :], mask=mb[:, None] & mk[None, :], other=0.0)
+                if CG:
+                    dg = tl.load(DG + rows[:, None] * GH + offs_k[None, :], mask=mb[:, None] & mk[None, :],
+                                 other=0.0, cache_modifier=".cg")
+                else:
+                    dg = tl.load(DG + rows[:, None] * GH + offs_k[None, :], mask=mb[:, None] & mk[None, :],
+                                 other=0.0)
                 w = tl.load(W + offs_k[:, None] * s_w + offs_j[None, :], mask=mk[:, None] & mj[None, :], other=0.0)
                 if DOT_F32:
                     dg = dg.to(tl.float32)
                     w = w.to(tl.float32)
                 acc = tl.dot(dg, w, acc, input_precision=PREC)
             if KIND == 4:
-                acc += _tile(DIRECT, oh, m2)
+                acc += _tile(DIRECT, oh, m2, CG)
             if HAS_LENS:  # a row outside its steps passes its dh through
-                acc = tl.where((t < lens)[:, None], acc, _tile(SDH, oh, m2))
+                acc = tl.where((t < lens)[:, None], acc, _tile(SDH, oh, m2, CG))
             tl.store(NDH + oh, acc, mask=m2)
-        tl.debug_barrier()
+        if J_PROGS > 1:
+            _grid_sync(BAR + tl.program_id(0), (2 * s + 2) * J_PROGS)
+        else:
+            tl.debug_barrier()
 
 
 def _lens(lengths, dummy):
@@ -363,69 +440,77 @@ def forward(kind, gi, w_hh, b_hh, h0, c0, lengths, reverse, hs, cs, ws):
     T, B, _ = gi.shape
     H = w_hh.shape[1]
     code = KIND_CODES[kind]
-    whole = persistent(H, gi.dtype)
-    BLOCK_B, BLOCK_J, BLOCK_K, warps = CONFIGS[_width(gi.dtype), "persistent" if whole else "per step"]
+    launch, (BLOCK_B, BLOCK_J, BLOCK_K, warps), n = plan(B, H, gi.dtype, gi.device)
     st = torch.zeros((2, 2, B, H), dtype=torch.float32, device=gi.device)
     if h0 is not None:
         st[0, 0].copy_(h0)
     if c0 is not None:
         st[1, 0].copy_(c0)
+    nb = triton.cdiv(B, BLOCK_B)
+    bar = torch.zeros(nb, dtype=torch.int32, device=gi.device)
     lens, has_lens = _lens(lengths, st)
     args = (gi, gi.stride(0), gi.stride(1), w_hh, w_hh.stride(0), b_hh if b_hh is not None else st, lens, hs,
-            cs if cs is not None else hs, ws if ws is not None else st, st)
+            cs if cs is not None else hs, ws if ws is not None else st, st, bar)
     flags = dict(KIND=code, G=GATES[code], HAS_BHH=b_hh is not None, HAS_LENS=has_lens, HAS_WS=ws is not None,
                  REVERSE=reverse, BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K, num_warps=warps,
                  **dot_flags(gi.dtype))
-    nb = triton.cdiv(B, BLOCK_B)
-    if whole:
-        _fwd_kernel[(nb, 1)](*args, 0, T, T, B, H, SYNC=True, **flags)
+    if launch == "persistent":
+        _fwd_kernel[(nb, n)](*args, 0, T, T, B, H, PERSISTENT=True, J_PROGS=n, **flags)
     else:
         for s in range(T):
-            _fwd_kernel[(nb, triton.cdiv(H, BLOCK_J))](*args, s, 1, T, B, H, SYNC=False, **flags)
+            _fwd_kernel[(nb, triton.cdiv(H, BLOCK_J))](*args, s, 1, T, B, H, PERSISTENT=False, J_PROGS=1, **flags)
 
 
 def backward(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh):
-    """The persistent reverse-time loop: fills dgi (and dgh, GRU); returns fp32 (dh0, dc0 or None)."""
+    """The persistent reverse-time loop (where plan(..., backward=True) gives one): fills dgi (and dgh, GRU);
+    returns fp32 (dh0, dc0 or None)."""
     T, B, H = hs.shape
     code = KIND_CODES[kind]
-    BLOCK_B, BLOCK_J, BLOCK_K, warps = CONFIGS[_width(hs.dtype), "backward"]
+    _, (BLOCK_B, BLOCK_J, BLOCK_K, warps), n = plan(B, H, hs.dtype, hs.device, backward=True)
     st = torch.zeros((5, B, H), dtype=torch.float32, device=hs.device)
     if dhT is not None:
         st[0].copy_(dhT)
     if dcT is not None:
         st[2].copy_(dcT)
+    nb = triton.cdiv(B, BLOCK_B)
+    bar = torch.zeros(nb, dtype=torch.int32, device=hs.device)
     lens, has_lens = _lens(lengths, st)
     c = lambda t: t.contiguous() if t is not None else st  # noqa: E731
-    _bwd_kernel[(triton.cdiv(B, BLOCK_B),)](
+    _bwd_kernel[(nb, n)](
         c(dout), hs, cs if cs is not None else hs, ws if ws is not None else st, c(h0), c(c0), w_hh, w_hh.stride(0),
-        lens, dgi, dgh if dgh is not None else dgi, st, T, B, H, KIND=code, G=GATES[code],
+        lens, dgi, dgh if dgh is not None else dgi, st, bar, T, B, H, KIND=code, G=GATES[code],
         HAS_DOUT=dout is not None, HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_LENS=has_lens,
-        REVERSE=reverse, BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K, num_warps=warps, **dot_flags(hs.dtype))
+        REVERSE=reverse, J_PROGS=n, BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K, num_warps=warps,
+        **dot_flags(hs.dtype))
     last = T % 2
     return st[last], (st[2 + last] if kind == "lstm" else None)
 
 
 def _aot_specs():
+    """Every (kind, dtype, launch); the spread persistent launch at 8 programs per batch tile (the count only
+    changes a loop step and the barrier's target)."""
     specs = []
     for dtype, tl_t in _TL.items():
         io = "*" + tl_t
         for kind, code in KIND_CODES.items():
-            for launch in ("persistent", "per step", "backward"):
-                name, sync = ("rnn_bwd", True) if launch == "backward" else ("rnn_fwd", launch == "persistent")
-                BLOCK_B, BLOCK_J, BLOCK_K, warps = CONFIGS[_width(dtype), launch]
-                const = dict(KIND=code, G=GATES[code], HAS_LENS=True, REVERSE=False, DOT_F32=False, PREC="ieee",
-                             BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K)
-                if name == "rnn_fwd":
+            for launch, cfg, n in (("persistent", "persistent", 1), ("spread", "per step", 8),
+                                   ("per step", "per step", 1), ("backward", "backward", 1),
+                                   ("spread backward", "backward", 8)):
+                BLOCK_B, BLOCK_J, BLOCK_K, warps = CONFIGS[_width(dtype), cfg]
+                const = dict(KIND=code, G=GATES[code], HAS_LENS=True, REVERSE=False, J_PROGS=n, DOT_F32=False,
+                             PREC="ieee", BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K)
+                if "backward" not in launch:
                     sig = {"GI": io, "s_gt": "i32", "s_gb": "i32", "W": io, "s_w": "i32", "BHH": io,
-                           "LENS": "*i64", "HS": io, "CS": io, "WS": "*fp32", "ST": "*fp32", "step0": "i32",
-                           "n_steps": "i32", "T": "i32", "B": "i32", "H": "i32"}
-                    const.update(HAS_BHH=True, HAS_WS=True, SYNC=sync)
-                    kernel = _fwd_kernel
+                           "LENS": "*i64", "HS": io, "CS": io, "WS": "*fp32", "ST": "*fp32", "BAR": "*i32",
+                           "step0": "i32", "n_steps": "i32", "T": "i32", "B": "i32", "H": "i32"}
+                    const.update(HAS_BHH=True, HAS_WS=True, PERSISTENT=launch != "per step")
+                    name, kernel = "rnn_fwd", _fwd_kernel
                 else:
                     sig = {"DOUT": io, "HS": io, "CS": io, "WS": "*fp32", "H0": io, "C0": io, "W": io, "s_w": "i32",
-                           "LENS": "*i64", "DGI": io, "DGH": io, "ST": "*fp32", "T": "i32", "B": "i32", "H": "i32"}
+                           "LENS": "*i64", "DGI": io, "DGH": io, "ST": "*fp32", "BAR": "*i32", "T": "i32",
+                           "B": "i32", "H": "i32"}
                     const.update(HAS_DOUT=True, HAS_H0=True, HAS_C0=True)
-                    kernel = _bwd_kernel
+                    name, kernel = "rnn_bwd", _bwd_kernel
                 sig.update({k: "constexpr" for k in const})
                 specs.append(dict(name=name, kernel=kernel, signature=sig, constexprs=const, num_warps=warps,
                                   num_stages=1, config=f"{kind} {tl_t} {launch} "

@@ -16,9 +16,10 @@ KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "rnn_sigmoid")
 GATES = {"lstm": 4, "gru": 3}
 # (T, B, I, H, lengths, reverse, with_state)
 SHAPES = [(1, 1, 1, 1, None, False, True), (7, 5, 13, 37, (7, 3, 0, 5, 1), False, True),
-          (6, 4, 8, 19, (2, 6, 1, 6), True, False), (5, 3, 6, 9, None, True, True),
-          # large enough for the CPU kernel's threads: split by rows (B >= 4) and by hidden units (B = 3)
-          (5, 6, 8, 64, (5, 2, 4, 0, 5, 3), False, True), (4, 3, 7, 67, None, True, False)]
+          (6, 4, 8, 19, (2, 6, 1, 6), True, False), (5, 3, 6, 9, None, True, True)]
+# large enough for the CPU kernel's threads: split by rows (B >= 4) and by hidden units (B = 3); the Triton
+# kernel's tiles have their own test below
+THREAD_SHAPES = [(5, 6, 8, 64, (5, 2, 4, 0, 5, 3), False, True), (4, 3, 7, 67, None, True, False)]
 
 
 def _inputs(kind, T, B, I, H, with_state, dtype, device):
@@ -47,8 +48,14 @@ def _run(impl, kind, t, lengths, reverse, cot, **kw):
     return outs, dict(zip(names, grads))
 
 
-@pytest.mark.parametrize("T,B,I,H,lengths,reverse,with_state", SHAPES)
-@pytest.mark.parametrize("backend,device,dtype", backend_cases(backends=("reference", "cpu", "triton")))
+def _layer_cases():
+    cases = [(*s, *b.values) + (b.marks,) for s in SHAPES
+             for b in backend_cases(backends=("reference", "cpu", "triton"))]
+    cases += [(*s, *b.values) + (b.marks,) for s in THREAD_SHAPES for b in backend_cases(backends=("cpu",))]
+    return [pytest.param(*c[:-1], marks=c[-1]) for c in cases]
+
+
+@pytest.mark.parametrize("T,B,I,H,lengths,reverse,with_state,backend,device,dtype", _layer_cases())
 @pytest.mark.parametrize("kind", KINDS)
 def test_layer_against_reference(kind, backend, device, dtype, T, B, I, H, lengths, reverse, with_state):
     t = _inputs(kind, T, B, I, H, with_state, dtype, device)
@@ -74,17 +81,32 @@ def test_layer_against_reference(kind, backend, device, dtype, T, B, I, H, lengt
         assert_within_rule("no-grad " + name, fast[i], low_out[i], ref_out[i], dtype)
 
 
-@pytest.mark.parametrize("launch,reverse", [("persistent", False), ("per step", True)])
-@pytest.mark.parametrize("backend,device,dtype",
-                         backend_cases(backends=("triton",), dtypes=(torch.float32, torch.float16)))
+def _launch_cases():
+    """(launch, reverse, backend, device, dtype): the spread launch (a grid barrier between programs) only on a
+    GPU; the interpreter runs programs one after another."""
+    out = []
+    for p in backend_cases(backends=("triton",), dtypes=(torch.float32, torch.float16)):
+        backend, device, dtype = p.values
+        for launch, reverse in (("persistent", False), ("per step", True), ("spread", False)):
+            if launch != "spread" or device == "cuda":
+                out.append(pytest.param(launch, reverse, backend, device, dtype, marks=p.marks,
+                                        id=f"{launch}-{p.id}"))
+    return out
+
+
+@pytest.mark.parametrize("launch,reverse,backend,device,dtype", _launch_cases())
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
-def test_triton_recurrence_over_tiles_and_launch_shapes(kind, backend, device, dtype, launch, reverse,
+def test_triton_recurrence_over_tiles_and_launch_shapes(kind, launch, reverse, backend, device, dtype,
                                                         monkeypatch):
-    """kernels/rnn.py with two batch tiles and several blocks of hidden units, in both launch shapes (after a
+    """kernels/rnn.py with two batch tiles and several blocks of hidden units, in each launch shape (after a
     per-step forward the backward steps over the fused cell kernels)."""
     kernels = importlib.import_module("crossfuse.kernels.rnn")
-    limit = 1 << 30 if launch == "persistent" else 0
+    limit = 0 if launch == "per step" else 1 << 30
     monkeypatch.setattr(kernels, "PERSISTENT_MAX_H", {16: limit, 32: limit})
+    if launch != "spread":
+        monkeypatch.setattr(kernels, "_programs", lambda *a: 1)
+    else:
+        assert kernels.plan(18, 70, dtype, torch.device(device))[2] > 1
     lengths = tuple((3 * i) % 5 for i in range(18))
     test_layer_against_reference(kind, backend, device, dtype, 4, 18, 5, 70, lengths, reverse, True)
 

@@ -131,7 +131,8 @@ def layer_backward(kind, backend, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs,
     hprev = torch.cat([hs[1:], h_first]) if reverse else torch.cat([h_first, hs[:-1]])  # the state before step t
     if backend == "cpu" and x.dtype == torch.float32 and T * B * H:
         dh, dc = _backward_steps_cpu(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh)
-    elif backend == "triton" and T * B * H and _triton_rnn().fits(B, H) and _triton_rnn().persistent(H, x.dtype):
+    elif (backend == "triton" and T * B * H and _triton_rnn().fits(B, H)
+          and _triton_rnn().plan(B, H, x.dtype, x.device, backward=True)[0]):
         dh, dc = _triton_rnn().backward(kind, dout, dhT, dcT if kind == "lstm" else None, h0, c0, w_hh.contiguous(),
                                         hs, cs, ws, lengths, reverse, dgi, dgh if kind == "gru" else None)
         dh, dc = dh.to(x.dtype), None if dc is None else dc.to(x.dtype)
