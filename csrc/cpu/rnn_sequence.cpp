@@ -167,53 +167,74 @@ CF_CPU_CLONES void gates_backward(const SeqBwdArgs& s, int64_t t, const float* d
   }
 }
 
+// One parallel region for the whole reverse-time loop, split as the forward: by rows (two or more a thread)
+// with no barrier, since a row's gradients never read another row's; else the gate math by rows and
+// dh_prev = dG R by columns, with a barrier after each.
 template <int KIND>
 void sequence_backward(const SeqBwdArgs& s) {
   const int64_t T = s.T, B = s.B, H = s.H, BH = B * H, GH = (KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1)) * H;
-  std::vector<float> dh(BH), dc(BH), dh_t(BH), dh_next(BH), dc_next(BH), direct(BH);
-  std::vector<uint8_t> active(s.lengths ? B : 0);
+  std::vector<float> dh(BH), dh_t(BH), dh_next(BH), direct(BH), dcs[2] = {std::vector<float>(BH),
+                                                                         std::vector<float>(BH)};
   if (s.dhT) std::copy(s.dhT, s.dhT + BH, dh.begin());
-  if (s.dcT) std::copy(s.dcT, s.dcT + BH, dc.begin());
+  if (s.dcT) std::copy(s.dcT, s.dcT + BH, dcs[0].begin());
   const int64_t first = s.reverse ? T - 1 : 0;
   const bool par = BH * GH >= (1 << 15);
-  for (int64_t step = 0; step < T; ++step) {
-    const int64_t t = s.reverse ? step : T - 1 - step, p = s.reverse ? t + 1 : t - 1;
-    const float* hprev = t == first ? s.h0 : s.hs + p * BH;
-    const float* cprev = t == first ? s.c0 : (s.cs ? s.cs + p * BH : nullptr);
-    if (s.lengths)
-      for (int64_t b = 0; b < B; ++b) active[b] = t < s.lengths[b];
-    for (int64_t b = 0; b < B; ++b) {
-      const bool on = !s.lengths || active[b];
-      for (int64_t j = 0; j < H; ++j)
-        dh_t[b * H + j] = dh[b * H + j] + (on && s.dout ? s.dout[t * BH + b * H + j] : 0.f);
-    }
-    const float* dgh = KIND == kGru ? s.dgh + t * B * GH : s.dgi + t * B * GH;
+#if defined(_OPENMP)
+  const bool by_rows = par && B >= 2 * omp_get_max_threads();
+#else
+  const bool by_rows = false;
+#endif
 #if defined(_OPENMP)
 #pragma omp parallel if (par)
 #endif
-    {
-      const auto [nt, id] = thread_slot();
-      const int64_t bb = (B + nt - 1) / nt, b0 = id * bb, b1 = std::min(B, b0 + bb);
-      if (b0 < b1)
-        gates_backward<KIND>(s, t, dh_t.data(), dc.data(), hprev, cprev, s.lengths ? active.data() : nullptr,
-                             direct.data(), dc_next.data(), b0, b1);
+  {
+    const auto [nt, id] = thread_slot();
+    const int64_t bb = (B + nt - 1) / nt, r0 = std::min(B, id * bb), r1 = std::min(B, r0 + bb);
+    const int64_t kk = by_rows ? H : ((H + nt - 1) / nt + 15) / 16 * 16, k0 = by_rows ? 0 : std::min(H, id * kk),
+                  k1 = std::min(H, k0 + kk);
+    std::vector<uint8_t> active(s.lengths ? B : 0);
+    auto sync = [&] {
 #if defined(_OPENMP)
+      if (!by_rows) {
 #pragma omp barrier
+      }
 #endif
-      const int64_t kk = ((H + nt - 1) / nt + 15) / 16 * 16, k0 = std::min(H, id * kk), k1 = std::min(H, k0 + kk);
-      if (k0 < k1) rows_times_w(dgh, B, GH, s.w_hh, H, k0, k1, dh_next.data());
-    }
-    for (int64_t b = 0; b < B; ++b) {
-      const bool on = !s.lengths || active[b];
-      for (int64_t j = 0; j < H; ++j) {
-        const int64_t i = b * H + j;
-        dh[i] = on ? dh_next[i] + (KIND == kGru ? direct[i] : 0.f) : dh_t[i];
+    };
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t t = s.reverse ? step : T - 1 - step, p = s.reverse ? t + 1 : t - 1;
+      const float* hprev = t == first ? s.h0 : s.hs + p * BH;
+      const float* cprev = t == first ? s.c0 : (s.cs ? s.cs + p * BH : nullptr);
+      const float* dc = dcs[step % 2].data();
+      float* dc_prev = dcs[(step + 1) % 2].data();
+      if (s.lengths)
+        for (int64_t b = 0; b < B; ++b) active[b] = t < s.lengths[b];
+      for (int64_t b = r0; b < r1; ++b) {
+        const bool on = !s.lengths || active[b];
+        for (int64_t j = 0; j < H; ++j)
+          dh_t[b * H + j] = dh[b * H + j] + (on && s.dout ? s.dout[t * BH + b * H + j] : 0.f);
+      }
+      if (r0 < r1)
+        gates_backward<KIND>(s, t, dh_t.data(), dc, hprev, cprev, s.lengths ? active.data() : nullptr,
+                             direct.data(), dc_prev, r0, r1);
+      sync();
+      const float* dgh = KIND == kGru ? s.dgh + t * B * GH : s.dgi + t * B * GH;
+      if (by_rows) {
+        if (r0 < r1) rows_times_w(dgh + r0 * GH, r1 - r0, GH, s.w_hh, H, 0, H, dh_next.data() + r0 * H);
+      } else if (k0 < k1) {
+        rows_times_w(dgh, B, GH, s.w_hh, H, k0, k1, dh_next.data());
+      }
+      sync();
+      for (int64_t b = r0; b < r1; ++b) {
+        const bool on = !s.lengths || active[b];
+        for (int64_t j = 0; j < H; ++j) {
+          const int64_t i = b * H + j;
+          dh[i] = on ? dh_next[i] + (KIND == kGru ? direct[i] : 0.f) : dh_t[i];
+        }
       }
     }
-    if (KIND == kLstm) std::swap(dc, dc_next);
   }
   if (s.dh0) std::copy(dh.begin(), dh.end(), s.dh0);
-  if (s.dc0 && KIND == kLstm) std::copy(dc.begin(), dc.end(), s.dc0);
+  if (s.dc0 && KIND == kLstm) std::copy(dcs[T % 2].begin(), dcs[T % 2].end(), s.dc0);
 }
 
 }  // namespace
