@@ -452,7 +452,7 @@ def forward(kind, gi, w_hh, b_hh, h0, c0, lengths, reverse, hs, cs, ws):
     args = (gi, gi.stride(0), gi.stride(1), w_hh, w_hh.stride(0), b_hh if b_hh is not None else st, lens, hs,
             cs if cs is not None else hs, ws if ws is not None else st, st, bar)
     flags = dict(KIND=code, G=GATES[code], HAS_BHH=b_hh is not None, HAS_LENS=has_lens, HAS_WS=ws is not None,
-                 REVERSE=reverse, BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K, num_warps=warps,
+                 REVERSE=reverse, BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K, num_warps=warps, num_stages=1,
                  **dot_flags(gi.dtype))
     if launch == "persistent":
         _fwd_kernel[(nb, n)](*args, 0, T, T, B, H, PERSISTENT=True, J_PROGS=n, **flags)
@@ -480,7 +480,7 @@ def backward(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, d
         c(dout), hs, cs if cs is not None else hs, ws if ws is not None else st, c(h0), c(c0), w_hh, w_hh.stride(0),
         lens, dgi, dgh if dgh is not None else dgi, st, bar, T, B, H, KIND=code, G=GATES[code],
         HAS_DOUT=dout is not None, HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_LENS=has_lens,
-        REVERSE=reverse, J_PROGS=n, BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K, num_warps=warps,
+        REVERSE=reverse, J_PROGS=n, BLOCK_B=BLOCK_B, BLOCK_J=BLOCK_J, BLOCK_K=BLOCK_K, num_warps=warps, num_stages=1,
         **dot_flags(hs.dtype))
     last = T % 2
     return st[last], (st[2 + last] if kind == "lstm" else None)
