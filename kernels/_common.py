@@ -42,6 +42,30 @@ def tanh(x):
 
 
 @triton.jit
+def rnn_act(x, ACT: tl.constexpr):
+    """The Elman cell's activation: 0 tanh, 1 relu, 2 sigmoid."""
+    if ACT == 0:
+        y = tanh(x)
+    elif ACT == 1:
+        y = tl.maximum(x, 0.0)
+    else:
+        y = sigmoid(x)
+    return y
+
+
+@triton.jit
+def rnn_act_backward(dy, y, ACT: tl.constexpr):
+    """dy * act'(x), through the output y = act(x)."""
+    if ACT == 0:
+        d = dy * (1.0 - y * y)
+    elif ACT == 1:
+        d = tl.where(y > 0.0, dy, 0.0)
+    else:
+        d = dy * y * (1.0 - y)
+    return d
+
+
+@triton.jit
 def row_col(B, H, BLOCK: tl.constexpr):
     """(row, columns, mask) of this program's block of a (B, H) grid: grid axis 0 is the row, axis 1 the
     column block. No integer division (a 64-bit one is a slow subroutine call on the GPU); int64 offsets."""

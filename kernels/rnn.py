@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from crossfuse.kernels._common import dot_flags, interpreted, sigmoid, store, tanh
+from crossfuse.kernels._common import dot_flags, interpreted, rnn_act, rnn_act_backward, sigmoid, store, tanh
 
 KIND_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_sigmoid": 2, "lstm": 3, "gru": 4}
 GATES = {0: 1, 1: 1, 2: 1, 3: 4, 4: 3}
@@ -75,29 +75,6 @@ def fits(B: int, H: int) -> bool:
 
 
 @triton.jit
-def _act(x, KIND: tl.constexpr):
-    if KIND == 0:
-        y = tanh(x)
-    elif KIND == 1:
-        y = tl.maximum(x, 0.0)
-    else:
-        y = sigmoid(x)
-    return y
-
-
-@triton.jit
-def _act_grad(y, KIND: tl.constexpr):
-    """d act / dx through the output y = act(x)."""
-    if KIND == 0:
-        d = 1.0 - y * y
-    elif KIND == 1:
-        d = tl.where(y > 0.0, 1.0, 0.0)
-    else:
-        d = y * (1.0 - y)
-    return d
-
-
-@triton.jit
 def _i64(x):
     """x as int64: 64-bit offsets from a loop index (also a python int under the interpreter)."""
     return x + tl.zeros([], tl.int64)
@@ -132,6 +109,25 @@ def _grid_sync(BAR, target, SPIN_LIMIT: tl.constexpr = 1 << 20):
     if polls >= SPIN_LIMIT:
         tl.atomic_add(BAR, 1 << 29, sem="relaxed", scope="gpu")
     tl.debug_barrier()
+
+
+@triton.jit
+def _gates4(WSP, ow, m2, H):
+    """The four fp32 gate tiles a step saved (LSTM i f g o, GRU r z n hn)."""
+    return _tile(WSP, ow, m2), _tile(WSP, ow + H, m2), _tile(WSP, ow + 2 * H, m2), _tile(WSP, ow + 3 * H, m2)
+
+
+@triton.jit
+def _state_before(t, first, P0, HAS_P0: tl.constexpr, PREV, oh, m2, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr):
+    """The state a step started from: the saved one of the step before, or the initial one (zeros if none)."""
+    if t == first:
+        if HAS_P0:
+            v = _tile(P0, oh, m2)
+        else:
+            v = tl.zeros([BLOCK_B, BLOCK_J], tl.float32)
+    else:
+        v = _tile(PREV, oh, m2)
+    return v
 
 
 @triton.jit
@@ -239,7 +235,7 @@ def _fwd_kernel(GI, s_gt, s_gb, W, s_w, BHH, LENS, HS, CS, WS, ST, BAR, step0, n
                 g2 = tanh(x2 + g0 * g3)
                 h2 = (1.0 - g1) * g2 + g1 * hp
             else:
-                h2 = _act(x0, KIND)
+                h2 = rnn_act(x0, KIND)
             if HAS_LENS:  # a row past its length keeps its state (forward) or has not started (reverse)
                 on = (t < lens)[:, None]
                 h2 = tl.where(on, h2, hp)
@@ -324,12 +320,8 @@ def _bwd_kernel(DOUT, HS, CS, WS, H0, C0, W, s_w, LENS, DGI, DGH, ST, BAR, T, B,
                 dh += d_out
             dgp = DGI + t64 * B * GH
             if KIND == 3:
-                wsp = WS + t64 * B * 4 * H
-                gi_ = _tile(wsp, ow, m2)
-                gf = _tile(wsp, ow + H, m2)
-                gg = _tile(wsp, ow + 2 * H, m2)
-                go = _tile(wsp, ow + 3 * H, m2)
-                if t == first:
+                gi_, gf, gg, go = _gates4(WS + t64 * B * 4 * H, ow, m2, H)
+                if t == first:  # _state_before inline: through it ptxas keeps 8 stack bytes here (sm_90)
                     if HAS_C0:
                         cp = _tile(C0, oh, m2)
                     else:
@@ -356,18 +348,8 @@ def _bwd_kernel(DOUT, HS, CS, WS, H0, C0, W, s_w, LENS, DGI, DGH, ST, BAR, T, B,
                 store(dgp, 0, 1, 0, og + 2 * H, m2, d2)
                 store(dgp, 0, 1, 0, og + 3 * H, m2, d3)
             elif KIND == 4:
-                wsp = WS + t64 * B * 4 * H
-                r = _tile(wsp, ow, m2)
-                z = _tile(wsp, ow + H, m2)
-                n = _tile(wsp, ow + 2 * H, m2)
-                hn = _tile(wsp, ow + 3 * H, m2)
-                if t == first:
-                    if HAS_H0:
-                        hp = _tile(H0, oh, m2)
-                    else:
-                        hp = tl.zeros([BLOCK_B, BLOCK_J], tl.float32)
-                else:
-                    hp = _tile(HS + p64 * B * H, oh, m2)
+                r, z, n, hn = _gates4(WS + t64 * B * 4 * H, ow, m2, H)
+                hp = _state_before(t, first, H0, HAS_H0, HS + p64 * B * H, oh, m2, BLOCK_B, BLOCK_J)
                 dn = dh * (1.0 - z) * (1.0 - n * n)
                 dz = dh * (hp - n) * z * (1.0 - z)
                 dr = dn * hn * r * (1.0 - r)
@@ -387,8 +369,7 @@ def _bwd_kernel(DOUT, HS, CS, WS, H0, C0, W, s_w, LENS, DGI, DGH, ST, BAR, T, B,
                 store(dhp, 0, 1, 0, og + H, m2, dz)
                 store(dhp, 0, 1, 0, og + 2 * H, m2, dhn)
             else:
-                y = _tile(HS + t64 * B * H, oh, m2)
-                d0 = dh * _act_grad(y, KIND)
+                d0 = rnn_act_backward(dh, _tile(HS + t64 * B * H, oh, m2), KIND)
                 if HAS_LENS:
                     d0 = tl.where(on, d0, 0.0)
                 store(dgp, 0, 1, 0, og, m2, d0)

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from crossfuse.kernels._common import aot_specs, launch_elementwise, load, row_col, sigmoid, store, tanh
+from crossfuse.kernels._common import aot_specs, launch_elementwise, load, rnn_act, rnn_act_backward, row_col, store
 
 FWD = ("gi", "gh", "bih", "bhh", "hy")
 BWD = ("dhy", "hy", "dgi")
@@ -17,13 +17,7 @@ def rnn_cell_fwd_kernel(gi, gi_s0, gi_s1, gh, gh_s0, gh_s1, bih, bih_s0, bih_s1,
     b, j, m = row_col(B, H, BLOCK)
     x = (load(gi, gi_s0, gi_s1, b, j, m, HAS_GI) + load(gh, gh_s0, gh_s1, b, j, m, HAS_GH)
          + load(bih, bih_s0, bih_s1, b, j, m, HAS_BIH) + load(bhh, bhh_s0, bhh_s1, b, j, m, HAS_BHH))
-    if ACT == 0:
-        y = tanh(x)
-    elif ACT == 1:
-        y = tl.maximum(x, 0.0)
-    else:
-        y = sigmoid(x)
-    store(hy, hy_s0, hy_s1, b, j, m, y)
+    store(hy, hy_s0, hy_s1, b, j, m, rnn_act(x, ACT))
 
 
 @triton.jit
@@ -33,13 +27,7 @@ def rnn_cell_bwd_kernel(dhy, dhy_s0, dhy_s1, hy, hy_s0, hy_s1, dgi, dgi_s0, dgi_
     b, j, m = row_col(B, H, BLOCK)
     y = load(hy, hy_s0, hy_s1, b, j, m, HAS_HY)
     dy = load(dhy, dhy_s0, dhy_s1, b, j, m, HAS_DHY)
-    if ACT == 0:
-        d = dy * (1.0 - y * y)
-    elif ACT == 1:
-        d = tl.where(y > 0.0, dy, 0.0)
-    else:
-        d = dy * y * (1.0 - y)
-    store(dgi, dgi_s0, dgi_s1, b, j, m, d)
+    store(dgi, dgi_s0, dgi_s1, b, j, m, rnn_act_backward(dy, y, ACT))
 
 
 def launch(kind, backward, B, H, views):

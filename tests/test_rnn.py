@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import crossfuse
 from crossfuse.reference.rnn import rnn_layer
@@ -181,6 +181,32 @@ def test_packed_unsorted_and_lengths_match_each_sequence_alone(cls):
             torch.testing.assert_close(a[:, b], s[:, 0], atol=1e-6, rtol=1e-5)
     for a, s in zip(st_p if isinstance(st_p, tuple) else (st_p,), st_l if isinstance(st_l, tuple) else (st_l,)):
         torch.testing.assert_close(a, s)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_packed_equal_lengths_in_a_permuted_order(cls):
+    """Sequences of one length (no padding to undo): states go in and come out in the caller's order, the output
+    stays in the packed order."""
+    torch.manual_seed(2)
+    m = getattr(crossfuse.nn, cls)(4, 6, num_layers=2, bidirectional=True)
+    theirs = getattr(torch.nn, cls)(4, 6, num_layers=2, bidirectional=True)
+    theirs.load_state_dict(m.state_dict())
+    T, B = 5, 3
+    order = torch.tensor([2, 0, 1])
+    data = torch.randn(T * B, 4, requires_grad=True)
+    packed = PackedSequence(data, torch.full((T,), B), order, torch.argsort(order))
+    h0 = torch.randn(4, B, 6)
+    hx = (h0, torch.randn(4, B, 6)) if cls == "LSTM" else h0
+    for state in (None, hx):
+        out, st = m(packed, state)
+        want, want_st = theirs(packed, state)
+        torch.testing.assert_close(out.data, want.data)
+        assert torch.equal(out.sorted_indices, want.sorted_indices)
+        for a, w in zip(st if isinstance(st, tuple) else (st,), want_st if isinstance(want_st, tuple) else (want_st,)):
+            torch.testing.assert_close(a, w)
+        g, = torch.autograd.grad(out.data.sum(), data)
+        want_g, = torch.autograd.grad(want.data.sum(), data)
+        torch.testing.assert_close(g, want_g)
 
 
 def test_unbatched_zero_batch_and_single_step():
