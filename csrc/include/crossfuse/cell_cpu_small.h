@@ -200,15 +200,72 @@ CF_AI void packed_tile(const float* P, const float* h, int64_t sh, int64_t k0, i
   packed_body<G, NB, false>(P, h, sh, k0, k1, out, first);
 }
 
+#if CF_X86_CLONES
+// LSTM's 4 gates x 3 rows: 12 accumulators (ymm0-11), the rows' broadcasts (ymm12-14) and one weight vector
+// (ymm15) take all 16 registers, which the compiler does not manage without spilling; by hand, 7 loads per
+// 12 FMAs. Accumulates n steps of k into out[g][b] (gate stride kSmallMaxBatch * 8 floats, row stride 8).
+__attribute__((target("arch=x86-64-v3"))) inline void packed_lstm_rows3(const float* P, const float* h, int64_t sh,
+                                                                        int64_t n, float* out) {
+  static_assert(kSmallMaxBatch * 8 * 4 == 512, "the gate stride below is 512 bytes");
+  const int64_t shb = sh * 4;
+  asm volatile(
+      "vmovups (%[o]), %%ymm0\n\t" "vmovups 512(%[o]), %%ymm1\n\t" "vmovups 1024(%[o]), %%ymm2\n\t"
+      "vmovups 1536(%[o]), %%ymm3\n\t" "vmovups 32(%[o]), %%ymm4\n\t" "vmovups 544(%[o]), %%ymm5\n\t"
+      "vmovups 1056(%[o]), %%ymm6\n\t" "vmovups 1568(%[o]), %%ymm7\n\t" "vmovups 64(%[o]), %%ymm8\n\t"
+      "vmovups 576(%[o]), %%ymm9\n\t" "vmovups 1088(%[o]), %%ymm10\n\t" "vmovups 1600(%[o]), %%ymm11\n\t"
+      "1:\n\t"
+      "vbroadcastss (%[h]), %%ymm12\n\t"
+      "vbroadcastss (%[h],%[s]), %%ymm13\n\t"
+      "vbroadcastss (%[h],%[s],2), %%ymm14\n\t"
+      "vmovups (%[p]), %%ymm15\n\t"
+      "vfmadd231ps %%ymm15, %%ymm12, %%ymm0\n\t"
+      "vfmadd231ps %%ymm15, %%ymm13, %%ymm4\n\t"
+      "vfmadd231ps %%ymm15, %%ymm14, %%ymm8\n\t"
+      "vmovups 32(%[p]), %%ymm15\n\t"
+      "vfmadd231ps %%ymm15, %%ymm12, %%ymm1\n\t"
+      "vfmadd231ps %%ymm15, %%ymm13, %%ymm5\n\t"
+      "vfmadd231ps %%ymm15, %%ymm14, %%ymm9\n\t"
+      "vmovups 64(%[p]), %%ymm15\n\t"
+      "vfmadd231ps %%ymm15, %%ymm12, %%ymm2\n\t"
+      "vfmadd231ps %%ymm15, %%ymm13, %%ymm6\n\t"
+      "vfmadd231ps %%ymm15, %%ymm14, %%ymm10\n\t"
+      "vmovups 96(%[p]), %%ymm15\n\t"
+      "vfmadd231ps %%ymm15, %%ymm12, %%ymm3\n\t"
+      "vfmadd231ps %%ymm15, %%ymm13, %%ymm7\n\t"
+      "vfmadd231ps %%ymm15, %%ymm14, %%ymm11\n\t"
+      "add $4, %[h]\n\t"
+      "sub $-128, %[p]\n\t"
+      "dec %[n]\n\t"
+      "jnz 1b\n\t"
+      "vmovups %%ymm0, (%[o])\n\t" "vmovups %%ymm1, 512(%[o])\n\t" "vmovups %%ymm2, 1024(%[o])\n\t"
+      "vmovups %%ymm3, 1536(%[o])\n\t" "vmovups %%ymm4, 32(%[o])\n\t" "vmovups %%ymm5, 544(%[o])\n\t"
+      "vmovups %%ymm6, 1056(%[o])\n\t" "vmovups %%ymm7, 1568(%[o])\n\t" "vmovups %%ymm8, 64(%[o])\n\t"
+      "vmovups %%ymm9, 576(%[o])\n\t" "vmovups %%ymm10, 1088(%[o])\n\t" "vmovups %%ymm11, 1600(%[o])\n\t"
+      "vzeroupper\n\t"
+      : [p] "+r"(P), [h] "+r"(h), [n] "+r"(n)
+      : [s] "r"(shb), [o] "r"(out)
+      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+}
+#endif
+
 // out[g][b][u] (row stride kSmallMaxBatch * 8 per gate) for B <= kSmallMaxBatch rows of h: k in chunks whose
-// weights stay in L1 while the rows pass over them in pairs (2 x G accumulators and the broadcasts fit the
-// 16 vector registers; measured faster than triples here), a last single row.
+// weights stay in L1 while the rows pass over them: LSTM rows in threes by hand (above), then in pairs (2 x G
+// accumulators and the broadcasts fit the registers), a last single row.
 template <int G>
 CF_AI void packed_gates(const float* P, const float* h, int64_t sh, int64_t B, int64_t K, float* out) {
   constexpr int64_t KC = 64;
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
     const int64_t k1 = std::min(K, k0 + KC);
     int64_t b = 0;
+#if CF_X86_CLONES
+    if (G == 4 && has_v3()) {
+      if (k0 == 0)
+        for (int64_t r = 0; r < B - B % 3; ++r)
+          for (int g = 0; g < G; ++g) store8(out + g * kSmallMaxBatch * 8 + r * 8, v8f{});
+      for (; b + 3 <= B; b += 3) packed_lstm_rows3(P + k0 * G * 8, h + b * sh + k0, sh, k1 - k0, out + b * 8);
+    }
+#endif
     for (; b + 2 <= B; b += 2) packed_tile<G, 2>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0);
     if (b < B) packed_tile<G, 1>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0);
   }
