@@ -23,70 +23,52 @@ std::pair<int64_t, int64_t> thread_slot() {
 }
 }  // namespace
 
-// One parallel region for the whole sequence, in one of two splits. By rows, when each thread gets at least
-// two: rows never read each other's state, so the threads run their steps without meeting (each streams all
-// of R per step). Otherwise by hidden-unit blocks, with one barrier per step (the next step reads every unit
-// of this one's state), where a region per step would fork and join T times.
+// One parallel region for the whole sequence: each thread owns a range of hidden-unit blocks for every step
+// and the threads meet at one barrier per step (the next step reads every unit of this one's state), where a
+// region per step would fork and join T times. (A split by batch rows, with no barrier, measured slower once
+// the rows go through the GEMV in threes, which wants every row on each thread: 5-22% at B 4-8, H 128-256.)
 void rnn_sequence_cpu(const SeqArgs& s) {
   const int64_t T = s.T, B = s.B, H = s.H, BH = B * H;
   const int64_t G = s.kind == kLstm ? 4 : (s.kind == kGru ? 3 : 1);
   const int64_t blocks = (H + kSmallUnits - 1) / kSmallUnits;
   const bool par = B * G * H * H >= kSmallParallelMacs && blocks >= 2;
-  // LSTM/GRU over several steps: repack R by unit block once (the threads share the work), so that each step
-  // streams it contiguously and sums whole vectors of units. The split by rows pays only with it (measured:
-  // by rows on the row-dot GEMV is slower, and even with larger batches), and not for LSTM on AVX2, whose rows
-  // go in threes through a hand-written tile that wants every row on each thread (by units there: 13-22%
-  // faster at B 4-8, H 256; even at H 128).
+  (void)par;
+  // LSTM/GRU over several steps: repack R by unit block once (each thread its own blocks), so that each step
+  // streams it contiguously and sums whole vectors of units.
   const bool pack = G > 1 && T >= kPackMinSteps && B <= kSmallMaxBatch;
-#if defined(_OPENMP)
-  bool by_rows = par && pack && B >= 2 * omp_get_max_threads();
-#if CF_X86_CLONES
-  by_rows = by_rows && !(G == 4 && small::has_v3());
-#endif
-#else
-  const bool by_rows = false;
-#endif
   std::vector<float> packed(pack ? blocks * H * G * kSmallUnits : 0);
 #if defined(_OPENMP)
 #pragma omp parallel if (par)
 #endif
   {
     const auto [nt, id] = thread_slot();
-    const int64_t per = (blocks + nt - 1) / nt, u0 = std::min(H, id * per * kSmallUnits),
-                  u1 = std::min(H, (id + 1) * per * kSmallUnits);
-    const int64_t rows = (B + nt - 1) / nt, r0 = by_rows ? std::min(B, id * rows) : 0,
-                  r1 = by_rows ? std::min(B, r0 + rows) : B;
-    const int64_t j0 = by_rows ? 0 : u0, j1 = by_rows ? H : u1;
+    const int64_t per = (blocks + nt - 1) / nt, j0 = std::min(H, id * per * kSmallUnits),
+                  j1 = std::min(H, (id + 1) * per * kSmallUnits);
     std::vector<uint8_t> active(s.lengths ? B : 0);
-    if (pack) {
-      pack_units_cpu(s.w_hh, G, H, u0 / kSmallUnits, (u1 + kSmallUnits - 1) / kSmallUnits, packed.data());
-#if defined(_OPENMP)
-#pragma omp barrier
-#endif
+    if (pack) {  // a thread reads only its own blocks: no barrier needed before the first step
+      pack_units_cpu(s.w_hh, G, H, j0 / kSmallUnits, (j1 + kSmallUnits - 1) / kSmallUnits, packed.data());
     }
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = s.reverse ? T - 1 - step : step, p = s.reverse ? t + 1 : t - 1;
       if (s.lengths)  // a row past its length keeps its state (forward) or has not started (reverse)
-        for (int64_t b = r0; b < r1; ++b) active[b] = t < s.lengths[b];
+        for (int64_t b = 0; b < B; ++b) active[b] = t < s.lengths[b];
       SmallCellArgs a;
-      a.kind = s.kind; a.B = r1 - r0; a.I = 0; a.H = H;
-      a.hx = step == 0 ? (s.h0 ? s.h0 + r0 * H : nullptr) : s.hs + p * BH + r0 * H;
-      a.cx = step == 0 ? (s.c0 ? s.c0 + r0 * H : nullptr) : (s.cs ? s.cs + p * BH + r0 * H : nullptr);
+      a.kind = s.kind; a.B = B; a.I = 0; a.H = H;
+      a.hx = step == 0 ? s.h0 : s.hs + p * BH;
+      a.cx = step == 0 ? s.c0 : (s.cs ? s.cs + p * BH : nullptr);
       a.sh = a.sc = a.shy = a.scy = H;
       a.w_hh = s.w_hh; a.b_hh = s.b_hh;
-      a.gi_pre = s.gi + t * s.sgt + r0 * s.sgb; a.sgi = s.sgb;
-      if (step + 1 < T) a.gi_next = s.gi + (s.reverse ? t - 1 : t + 1) * s.sgt + r0 * s.sgb;
-      a.hy = s.hs + t * BH + r0 * H;
-      a.cy = s.cs ? s.cs + t * BH + r0 * H : nullptr;
-      a.ws = s.ws ? s.ws + t * 4 * BH + r0 * 4 * H : nullptr; a.sws = 4 * H;
-      a.active = s.lengths ? active.data() + r0 : nullptr;
+      a.gi_pre = s.gi + t * s.sgt; a.sgi = s.sgb;
+      if (step + 1 < T) a.gi_next = s.gi + (s.reverse ? t - 1 : t + 1) * s.sgt;
+      a.hy = s.hs + t * BH;
+      a.cy = s.cs ? s.cs + t * BH : nullptr;
+      a.ws = s.ws ? s.ws + t * 4 * BH : nullptr; a.sws = 4 * H;
+      a.active = s.lengths ? active.data() : nullptr;
       a.w_packed = pack ? packed.data() : nullptr;
-      if (j0 < j1 && r0 < r1) cell_step_range_cpu(a, j0, j1);
-      if (!by_rows) {
+      if (j0 < j1) cell_step_range_cpu(a, j0, j1);
 #if defined(_OPENMP)
 #pragma omp barrier
 #endif
-      }
     }
   }
 }
