@@ -307,6 +307,7 @@ CF_CPU_CLONES inline void lstm_block(const SmallCellArgs& a, int64_t u0, int64_t
       for (int u = 0; u < U; ++u) g[k][b][u] += gh[k][b][u] + bias[k][u];
   }
   float *i = &g[0][0][0], *f = &g[1][0][0], *gg = &g[2][0][0], *o = &g[3][0][0];
+#pragma GCC unroll 2  // two vectors of lanes per iteration: their long dependency chains overlap
   for (int64_t l = 0; l < B * U; ++l) lstm_fwd(i[l], f[l], gg[l], o[l], (&c[0][0])[l], (&c2[0][0])[l], (&h2[0][0])[l]);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t rb = r0 + b;
