@@ -17,8 +17,8 @@ GATES = {"lstm": 4, "gru": 3}
 # (T, B, I, H, lengths, reverse, with_state)
 SHAPES = [(1, 1, 1, 1, None, False, True), (7, 5, 13, 37, (7, 3, 0, 5, 1), False, True),
           (6, 4, 8, 19, (2, 6, 1, 6), True, False), (5, 3, 6, 9, None, True, True)]
-# large enough for the CPU kernel's threads: split by rows (B >= 4) and by hidden units (B = 3); the Triton
-# kernel's tiles have their own test below
+# large enough for the CPU kernel's threads (its backward splits B = 6 by rows, B = 3 by columns) and its
+# three-row GEMV tiles; the Triton kernel's tiles have their own test below
 THREAD_SHAPES = [(5, 6, 8, 64, (5, 2, 4, 0, 5, 3), False, True), (4, 3, 7, 67, None, True, False)]
 
 

@@ -154,9 +154,9 @@ CF_CPU_CLONES void gates_backward(const SeqBwdArgs& s, int64_t t, const float* d
   }
 }
 
-// One parallel region for the whole reverse-time loop, split as the forward: by rows (two or more a thread)
-// with no barrier, since a row's gradients never read another row's; else the gate math by rows and
-// dh_prev = dG R by columns, with a barrier after each.
+// One parallel region for the whole reverse-time loop, split by rows where each thread gets two or more, with
+// no barrier (a row's gradients never read another row's); else the gate math by rows and dh_prev = dG R by
+// columns, with a barrier after each.
 template <int KIND>
 void sequence_backward(const SeqBwdArgs& s) {
   const int64_t T = s.T, B = s.B, H = s.H, BH = B * H, GH = (KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1)) * H;

@@ -266,7 +266,7 @@ CF_AI void packed_gates(const float* P, const float* h, int64_t sh, int64_t B, i
       for (; b + 3 <= B; b += 3) packed_lstm_rows3(P + k0 * G * 8, h + b * sh + k0, sh, k1 - k0, out + b * 8);
     }
 #endif
-    if (G == 3)  // 9 accumulators: the compiler keeps them in registers
+    if constexpr (G == 3)  // 9 accumulators: the compiler keeps them in registers
       for (; b + 3 <= B; b += 3) packed_tile<G, 3>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0);
     for (; b + 2 <= B; b += 2) packed_tile<G, 2>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0);
     if (b < B) packed_tile<G, 1>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0);

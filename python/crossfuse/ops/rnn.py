@@ -2,8 +2,8 @@
 
 The input projection of all steps is one torch GEMM. The recurrence: on the `cpu` backend (fp32) the time
 loop runs in C++ (csrc/cpu/rnn_sequence.cpp: per step the R.h GEMV tiles and the gate math in one pass,
-OpenMP over hidden units); on `triton`, R.h and the gate math fused in kernels/rnn.py (one persistent launch
-for the sequence up to a hidden size, a launch per step above); on `cuda`, a step loop around torch's R.h
+OpenMP over hidden units); on `triton`, R.h and the gate math fused in kernels/rnn.py (persistent over the
+sequence, or a launch per step where it cannot be: see its `plan`); on `cuda`, a step loop around torch's R.h
 GEMM and the fused cell kernel. Variable lengths are handled inside: a row stops updating at its length. The
 backward is a reverse-time loop (C++ on `cpu`, the persistent Triton kernel where the forward is persistent,
 else the fused cell backward kernels), then one large GEMM per weight gradient.
