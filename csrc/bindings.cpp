@@ -7,6 +7,7 @@
 #include "crossfuse/cell_cpu_small.h"
 #include "crossfuse/fusions_cpu.h"
 #include "crossfuse/rnn_cpu.h"
+#include "crossfuse/rnn_persistent.h"
 
 #ifdef CROSSFUSE_WITH_CUDA
 #include <cuda_runtime.h>
@@ -20,12 +21,15 @@ void rnn_cell_cpu(const CellArgs&, bool);
 void lstm_cell_cpu(const CellArgs&, bool);
 void gru_cell_cpu(const CellArgs&, bool);
 void cell_step_cpu(const SmallCellArgs&);
+void rnn_persistent_emulate_cpu(int kind, int dtype, const PersistentArgs& a, bool backward, int nthreads);
 void rnn_sequence_cpu(const SeqArgs&);
 void rnn_sequence_backward_cpu(const SeqBwdArgs&);
 #ifdef CROSSFUSE_WITH_CUDA
 void rnn_cell_cuda(const CellArgs&, bool, cudaStream_t);
 void lstm_cell_cuda(const CellArgs&, bool, cudaStream_t);
 void gru_cell_cuda(const CellArgs&, bool, cudaStream_t);
+void rnn_persistent_cuda(int kind, int dtype, const PersistentArgs& a, bool backward, cudaStream_t stream);
+void rnn_persistent_limits_cuda(int64_t& sms, int64_t& smem, bool& cooperative);
 #endif
 }  // namespace crossfuse
 
@@ -51,6 +55,31 @@ CellArgs make_cell_args(int kind, int dtype, int64_t B, int64_t H, bool backward
   if (B * H > 0)
     for (int s : need)
       if (!a.v[s].present()) throw std::invalid_argument("crossfuse cell: missing argument slot " + std::to_string(s));
+  return a;
+}
+
+// The persistent recurrence (crossfuse/rnn_persistent.h): plan = (T, B, H, U, blocks, BC, KC); p = (gi, sgt, sgb,
+// w, sw, bhh, lens, hs, cs, ws, st, dout, h0, c0, dgi, dgh), pointers 0 = absent, strides in elements.
+PersistentArgs make_persistent_args(int kind, int dtype, bool backward, const std::vector<int64_t>& plan, bool reverse,
+                                    const std::vector<int64_t>& p) {
+  if (plan.size() != 7 || p.size() != 16)
+    throw std::invalid_argument("rnn_persistent: expected 7 plan values and 16 pointers or strides");
+  if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("rnn_persistent: wrong kind " + std::to_string(kind));
+  if (dtype < kFloat32 || dtype > kBFloat16) throw std::invalid_argument("rnn_persistent: wrong dtype code");
+  PersistentArgs a;
+  a.T = plan[0]; a.B = plan[1]; a.H = plan[2]; a.U = plan[3]; a.blocks = plan[4]; a.BC = plan[5]; a.KC = plan[6];
+  if (a.T < 0 || a.B <= 0 || a.H <= 0 || a.U <= 0 || a.BC <= 0 || a.KC <= 0 || a.blocks * a.U < a.H ||
+      (a.blocks - 1) * a.U >= a.H || cell_gates(kind) * a.U * a.BC > int64_t(kPersistentAcc) * kPersistentThreads)
+    throw std::invalid_argument("rnn_persistent: inconsistent plan");
+  auto q = [&](int i) { return reinterpret_cast<void*>(p[i]); };
+  a.reverse = reverse;
+  a.gi = q(0); a.sgt = p[1]; a.sgb = p[2]; a.w = q(3); a.sw = p[4]; a.bhh = q(5);
+  a.lens = static_cast<const int64_t*>(q(6)); a.hs = q(7); a.cs = q(8); a.ws = static_cast<float*>(q(9));
+  a.st = static_cast<float*>(q(10)); a.dout = q(11); a.h0 = q(12); a.c0 = q(13); a.dgi = q(14); a.dgh = q(15);
+  const bool gated = kind == kLstm || kind == kGru;
+  const bool ok = a.w && a.hs && a.st && (kind != kLstm || a.cs) &&
+                  (backward ? a.dgi && (!gated || a.ws) && (kind != kGru || a.dgh) : a.gi != nullptr);
+  if (!ok) throw std::invalid_argument("rnn_persistent: missing pointer");
   return a;
 }
 
@@ -168,6 +197,23 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     rnn_sequence_backward_cpu(s);
   });
+  // The CUDA persistent recurrence's plan (None where R does not fit on-chip), and its bodies run on host threads
+  // (a test double: `nthreads` host threads per block).
+  m.def("rnn_persistent_plan", [](int G, int64_t B, int64_t H, int nthreads, int64_t smem_bytes, int64_t sms,
+                                  int64_t min_units) -> py::object {
+    PersistentArgs a;
+    if (!persistent_plan(G, B, H, nthreads, smem_bytes, sms, min_units, a)) return py::none();
+    return py::make_tuple(a.U, a.blocks, a.BC, a.KC, 4 * persistent_smem_floats(G, H, a.U, a.BC, a.KC, nthreads));
+  });
+  m.attr("rnn_persistent_threads") = kPersistentThreads;
+  cpu.def("rnn_persistent_emulate", [](int kind, int dtype, bool backward, const std::vector<int64_t>& plan,
+                                       bool reverse, const std::vector<int64_t>& p, int nthreads) {
+    PersistentArgs a = make_persistent_args(kind, dtype, backward, plan, reverse, p);
+    if (nthreads <= 0 || nthreads > 1024 || cell_gates(kind) * a.U * a.BC > int64_t(kPersistentAcc) * nthreads)
+      throw std::invalid_argument("rnn_persistent_emulate: the plan needs more threads per block");
+    py::gil_scoped_release nogil;
+    rnn_persistent_emulate_cpu(kind, dtype, a, backward, nthreads);
+  });
 #ifdef _OPENMP
   m.attr("openmp") = true;
 #else
@@ -179,6 +225,18 @@ PYBIND11_MODULE(_C, m) {
   cuda.def("lstm_cell", &cuda_entry<lstm_cell_cuda>);
   cuda.def("gru_cell", &cuda_entry<gru_cell_cuda>);
   m.attr("cuda_archs") = CROSSFUSE_CUDA_ARCHS;
+  cuda.def("rnn_persistent", [](int kind, int dtype, bool backward, const std::vector<int64_t>& plan, bool reverse,
+                                 const std::vector<int64_t>& p, uintptr_t stream) {
+    PersistentArgs a = make_persistent_args(kind, dtype, backward, plan, reverse, p);
+    rnn_persistent_cuda(kind, dtype, a, backward, reinterpret_cast<cudaStream_t>(stream));
+  });
+  // (SMs, shared memory per block with opt-in, cooperative launch) of the current device
+  cuda.def("rnn_persistent_limits", []() {
+    int64_t sms = 0, smem = 0;
+    bool coop = false;
+    rnn_persistent_limits_cuda(sms, smem, coop);
+    return py::make_tuple(sms, smem, coop);
+  });
   cuda.def("device_count", []() {
     int n = 0;
     return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;

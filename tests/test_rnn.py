@@ -111,6 +111,44 @@ def test_triton_recurrence_over_tiles_and_launch_shapes(kind, launch, reverse, b
     test_layer_against_reference(kind, backend, device, dtype, 4, 18, 5, 70, lengths, reverse, True)
 
 
+# (T, B, I, H, lengths, reverse, with_state, SMs, threads per block, staged columns): the CUDA cooperative
+# recurrence's bodies on host threads. 8 blocks of 9 units (the last holds 7), batch chunks of 7, 7 and 4 rows,
+# 32 columns staged per pass (three passes forward, nine back); then one row, where threads split each
+# output's sum; then one block of 256 threads with every column staged at once.
+PERSISTENT_SHAPES = [(4, 18, 5, 70, tuple((3 * i) % 5 for i in range(18)), False, True, 8, 32, 32),
+                     (5, 1, 6, 9, (3,), True, True, 2, 64, 32), (3, 3, 4, 37, None, False, False, 1, 256, None)]
+
+
+@pytest.mark.parametrize("T,B,I,H,lengths,reverse,with_state,sms,threads,kc", PERSISTENT_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_persistent_recurrence_on_host_threads(kind, dtype, T, B, I, H, lengths, reverse, with_state, sms,
+                                                    threads, kc, monkeypatch):
+    """csrc/cuda/rnn_persistent.cu's forward and backward bodies (crossfuse/rnn_persistent.h), run by the CPU
+    build with a host thread per CUDA thread, inside the whole layer (the cuda backend's path) against the
+    float64 reference."""
+    rnn_ops = importlib.import_module("crossfuse.ops.rnn")
+    ext = crossfuse._backend.ext
+    G = GATES.get(kind, 1)
+    smem = 1 << 30
+    if kc is not None:  # just the shared memory of `kc` staged columns: the plan stages no more
+        U = -(-H // sms)
+        U = max(U, rnn_ops.PERSISTENT_MIN_UNITS)
+        BC = min(64, B, 8 * threads // (G * U))
+        smem = 4 * (max(H * (G * U + 1) + BC * G * U, G * H * (U + 1)) + BC * (kc + 1) + threads)
+    plan = rnn_ops.persistent_plan(kind, B, H, sms, smem, threads)
+    assert plan is not None and (kc is None or plan[3] == kc) and plan[1] <= sms
+    calls = []
+
+    def on_host_threads(backend, kind_, B_, H_, x):
+        calls.append(backend)
+        return plan, lambda *args: ext.cpu.rnn_persistent_emulate(*args, threads)
+
+    monkeypatch.setattr(rnn_ops, "_persistent_for", on_host_threads)
+    test_layer_against_reference(kind, "cpu", "cpu", dtype, T, B, I, H, lengths, reverse, with_state)
+    assert len(calls) == 3  # forward, backward, the no-grad forward
+
+
 def _flatten(res):
     out, state = res
     states = list(state) if isinstance(state, tuple) else [state]

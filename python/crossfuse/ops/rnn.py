@@ -3,10 +3,11 @@
 The input projection of all steps is one torch GEMM. The recurrence: on the `cpu` backend (fp32) the time
 loop runs in C++ (csrc/cpu/rnn_sequence.cpp: per step the R.h GEMV tiles and the gate math in one pass,
 OpenMP over hidden units); on `triton`, R.h and the gate math fused in kernels/rnn.py (persistent over the
-sequence, or a launch per step where it cannot be: see its `plan`); on `cuda`, a step loop around torch's R.h
-GEMM and the fused cell kernel. Variable lengths are handled inside: a row stops updating at its length. The
-backward is a reverse-time loop (C++ on `cpu`, the persistent Triton kernel where the forward is persistent,
-else the fused cell backward kernels), then one large GEMM per weight gradient.
+sequence, or a launch per step where it cannot be: see its `plan`); on `cuda`, one cooperative launch with R
+on-chip (csrc/cuda/rnn_persistent.cu) where R fits in the SMs' shared memory, else a step loop around torch's
+R.h GEMM and the fused cell kernel. Variable lengths are handled inside: a row stops updating at its length.
+The backward is a reverse-time loop (C++ on `cpu`, the persistent kernels where the forward is persistent, else
+the fused cell backward kernels), then one large GEMM per weight gradient.
 """
 from __future__ import annotations
 
@@ -26,6 +27,85 @@ def _triton_rnn():
     return importlib.import_module("crossfuse.kernels.rnn")
 
 
+# ---- the cuda backend's cooperative launch (crossfuse/rnn_persistent.h) -------------------------------------
+# At least this many hidden units per block: fewer blocks meet at each step's barrier when H is small. A first
+# guess, to be tuned on a GPU.
+PERSISTENT_MIN_UNITS = 4
+_cuda_limits: dict[int, tuple] = {}
+
+
+def persistent_plan(kind, B, H, sms, smem_bytes, threads=None):
+    """(T-independent) plan (U, blocks, BC, KC, shared bytes) of the persistent recurrence, or None where R does
+    not fit on-chip."""
+    threads = threads or _backend.ext.rnn_persistent_threads
+    return _backend.ext.rnn_persistent_plan(GATES[kind], B, H, threads, smem_bytes, sms, PERSISTENT_MIN_UNITS)
+
+
+def _persistent_for(backend, kind, B, H, x):
+    """(plan, runner) of the cooperative launch for the `cuda` backend on x's GPU, or None (another backend, no
+    cooperative launch, R too large for the SMs' shared memory, nothing to do)."""
+    ext = _backend.ext
+    if backend != "cuda" or not x.is_cuda or B * H == 0 or ext is None or not hasattr(ext, "cuda"):
+        return None
+    device = x.device
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    limits = _cuda_limits.get(index)
+    if limits is None:
+        with torch.cuda.device(index):
+            limits = _cuda_limits[index] = ext.cuda.rnn_persistent_limits()
+    sms, smem, cooperative = limits
+    plan = persistent_plan(kind, B, H, sms, smem) if cooperative else None
+    if plan is None:
+        return None
+
+    def run(*args):
+        with torch.cuda.device(index):
+            ext.cuda.rnn_persistent(*args, _backend.cuda_stream(device))
+    return plan, run
+
+
+def _ptr(t):
+    return 0 if t is None else t.data_ptr()
+
+
+def persistent_forward(kind, gi, w_hh, b_hh, h0, c0, lengths, reverse, hs, cs, ws, plan, run):
+    """Fills hs (and cs, ws) through `run` (the CUDA launch, or its host emulation) with `plan`; hs, cs, ws
+    contiguous."""
+    T, B, _ = gi.shape
+    H = w_hh.shape[1]
+    U, blocks, BC, KC, _ = plan
+    gi = gi if gi.stride(2) == 1 else gi.contiguous()
+    st = torch.zeros((2, 2, B, H), dtype=torch.float32, device=gi.device)
+    if h0 is not None:
+        st[0, 0].copy_(h0)
+    if c0 is not None:
+        st[1, 0].copy_(c0)
+    w_hh, b_hh = w_hh.contiguous(), None if b_hh is None else b_hh.contiguous()
+    lens = None if lengths is None else lengths.to(device=gi.device, dtype=torch.int64).contiguous()
+    p = [gi.data_ptr(), gi.stride(0), gi.stride(1), w_hh.data_ptr(), w_hh.stride(0), _ptr(b_hh), _ptr(lens),
+         hs.data_ptr(), _ptr(cs), _ptr(ws), st.data_ptr(), 0, 0, 0, 0, 0]
+    run(KINDS[kind], _backend.DTYPE_CODES[gi.dtype], False, [T, B, H, U, blocks, BC, KC], reverse, p)
+
+
+def persistent_backward(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh, plan, run):
+    """Fills dgi (and dgh, GRU) through `run`; returns fp32 (dh0, dc0 or None)."""
+    T, B, H = hs.shape
+    U, blocks, BC, KC, _ = plan
+    st = torch.zeros((5, B, H), dtype=torch.float32, device=hs.device)
+    if dhT is not None:
+        st[0].copy_(dhT)
+    if dcT is not None and kind == "lstm":
+        st[2].copy_(dcT)
+    c = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    w_hh, dout, h0, c0 = c(w_hh), c(dout), c(h0), c(c0)
+    lens = None if lengths is None else lengths.to(device=hs.device, dtype=torch.int64).contiguous()
+    p = [0, 0, 0, w_hh.data_ptr(), w_hh.stride(0), 0, _ptr(lens), hs.data_ptr(), _ptr(cs), _ptr(ws), st.data_ptr(),
+         _ptr(dout), _ptr(h0), _ptr(c0), dgi.data_ptr(), _ptr(dgh if kind == "gru" else None)]
+    run(KINDS[kind], _backend.DTYPE_CODES[hs.dtype], True, [T, B, H, U, blocks, BC, KC], reverse, p)
+    last = T % 2
+    return st[last], (st[2 + last] if kind == "lstm" else None)
+
+
 def _op_of(kind):
     return kind if kind in ("lstm", "gru") else "rnn"
 
@@ -40,6 +120,10 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
     cs = new((T, B, H), dtype=x.dtype, device=x.device) if kind == "lstm" else None
     ws = new((T, B, 4 * H), dtype=torch.float32, device=x.device) if need_ws and kind in ("lstm", "gru") else None
     if T * B * H == 0:
+        return hs, cs, ws
+    coop = _persistent_for(backend, kind, B, H, x)
+    if coop is not None:
+        persistent_forward(kind, gi, w_hh, b_hh, h0, c0, lengths, reverse, hs, cs, ws, *coop)
         return hs, cs, ws
     if backend == "cpu" and x.dtype == torch.float32:
         gi = gi.contiguous()
@@ -129,7 +213,12 @@ def layer_backward(kind, backend, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs,
     dgh = torch.empty((T, B, GH), dtype=x.dtype, device=x.device) if kind == "gru" else dgi
     h_first = (h0 if h0 is not None else x.new_zeros(B, H))[None]
     hprev = torch.cat([hs[1:], h_first]) if reverse else torch.cat([h_first, hs[:-1]])  # the state before step t
-    if backend == "cpu" and x.dtype == torch.float32 and T * B * H:
+    coop = _persistent_for(backend, kind, B, H, x) if T * B * H else None
+    if coop is not None:
+        dh, dc = persistent_backward(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh,
+                                     *coop)
+        dh, dc = dh.to(x.dtype), None if dc is None else dc.to(x.dtype)
+    elif backend == "cpu" and x.dtype == torch.float32 and T * B * H:
         dh, dc = _backward_steps_cpu(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh)
     elif (backend == "triton" and T * B * H and _triton_rnn().fits(B, H)
           and _triton_rnn().plan(B, H, x.dtype, x.device, backward=True)[0]):

@@ -1,0 +1,95 @@
+// The CUDA persistent recurrence's bodies (crossfuse/rnn_persistent.h) run on the CPU, each CUDA thread a host
+// thread, __syncthreads and the grid barrier as host barriers: a test double for a machine with no GPU. Slow by
+// design (blocks x threads OS threads); only the tests call it.
+#include <condition_variable>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+#include "crossfuse/rnn_persistent.h"
+
+namespace crossfuse {
+namespace {
+
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void wait() {  // the mutex orders every thread's writes before the barrier against reads after it
+    std::unique_lock<std::mutex> lock(m_);
+    const int64_t gen = gen_;
+    if (++count_ == n_) {
+      count_ = 0;
+      ++gen_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return gen_ != gen; });
+    }
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  int n_, count_ = 0;
+  int64_t gen_ = 0;
+};
+
+struct HostCtx {
+  int b, t, nt;
+  float* smem;
+  Barrier *block_bar, *grid_bar;
+  int block() const { return b; }
+  int thread() const { return t; }
+  int threads() const { return nt; }
+  float* shared() { return smem; }
+  void sync() { block_bar->wait(); }
+  void grid_sync() { grid_bar->wait(); }
+  template <typename T>
+  float ld_l2(const T* p) { return to_float(*p); }
+};
+
+template <typename T, int KIND>
+void emulate(const PersistentArgs& a, bool backward, int nthreads) {
+  const int G = cell_gates(KIND), nb = int(a.blocks);
+  const int64_t floats = persistent_smem_floats(G, a.H, a.U, a.BC, a.KC, nthreads);
+  std::vector<std::vector<float>> smem(nb, std::vector<float>(floats, std::numeric_limits<float>::quiet_NaN()));
+  std::vector<std::unique_ptr<Barrier>> bars;
+  for (int b = 0; b < nb; ++b) bars.emplace_back(new Barrier(nthreads));
+  Barrier grid(nb * nthreads);
+  std::vector<std::thread> threads;
+  for (int b = 0; b < nb; ++b)
+    for (int t = 0; t < nthreads; ++t)
+      threads.emplace_back([&, b, t] {
+        HostCtx cx{b, t, nthreads, smem[b].data(), bars[b].get(), &grid};
+        if (backward)
+          persistent_backward<T, KIND>(a, cx);
+        else
+          persistent_forward<T, KIND>(a, cx);
+      });
+  for (auto& th : threads) th.join();
+}
+
+template <typename T>
+void emulate_kind(int kind, const PersistentArgs& a, bool backward, int nthreads) {
+  switch (kind) {
+    case kRnnTanh: emulate<T, kRnnTanh>(a, backward, nthreads); break;
+    case kRnnRelu: emulate<T, kRnnRelu>(a, backward, nthreads); break;
+    case kRnnSigmoid: emulate<T, kRnnSigmoid>(a, backward, nthreads); break;
+    case kLstm: emulate<T, kLstm>(a, backward, nthreads); break;
+    case kGru: emulate<T, kGru>(a, backward, nthreads); break;
+    default: throw std::invalid_argument("rnn_persistent: wrong kind " + std::to_string(kind));
+  }
+}
+
+}  // namespace
+
+void rnn_persistent_emulate_cpu(int kind, int dtype, const PersistentArgs& a, bool backward, int nthreads) {
+  switch (dtype) {
+    case kFloat32: emulate_kind<float>(kind, a, backward, nthreads); break;
+    case kFloat16: emulate_kind<Half>(kind, a, backward, nthreads); break;
+    case kBFloat16: emulate_kind<BFloat16>(kind, a, backward, nthreads); break;
+    default: throw std::invalid_argument("rnn_persistent: wrong dtype code " + std::to_string(dtype));
+  }
+}
+
+}  // namespace crossfuse

@@ -1,0 +1,102 @@
+// The persistent recurrence (crossfuse/rnn_persistent.h) as one cooperative launch per layer and direction: the
+// grid barrier is cooperative_groups' grid sync, which cudaLaunchCooperativeKernel makes safe (every block
+// resident; the launcher also checks the occupancy against the plan).
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+#include <stdexcept>
+#include <string>
+#include "crossfuse/rnn_persistent.h"
+
+namespace crossfuse {
+namespace {
+
+struct DevCtx {
+  __device__ int block() const { return blockIdx.x; }
+  __device__ int thread() const { return threadIdx.x; }
+  __device__ int threads() const { return blockDim.x; }
+  __device__ float* shared() {
+    extern __shared__ float cf_persistent_smem[];
+    return cf_persistent_smem;
+  }
+  __device__ void sync() { __syncthreads(); }
+  __device__ void grid_sync() { cooperative_groups::this_grid().sync(); }
+  // State other blocks wrote since this one last read it: from L2, past this SM's L1.
+  __device__ float ld_l2(const float* p) { return __ldcg(p); }
+  __device__ float ld_l2(const Half* p) { return to_float(Half{__ldcg(reinterpret_cast<const unsigned short*>(p))}); }
+  __device__ float ld_l2(const BFloat16* p) {
+    return to_float(BFloat16{__ldcg(reinterpret_cast<const unsigned short*>(p))});
+  }
+};
+
+template <typename T, int KIND>
+__global__ void __launch_bounds__(kPersistentThreads, 1) persistent_forward_kernel(PersistentArgs a) {
+  DevCtx cx;
+  persistent_forward<T, KIND>(a, cx);
+}
+
+template <typename T, int KIND>
+__global__ void __launch_bounds__(kPersistentThreads, 1) persistent_backward_kernel(PersistentArgs a) {
+  DevCtx cx;
+  persistent_backward<T, KIND>(a, cx);
+}
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("rnn_persistent: ") + what + ": " + cudaGetErrorString(e));
+}
+
+template <typename T, int KIND>
+void launch(const PersistentArgs& a, bool backward, int64_t smem_bytes, cudaStream_t stream) {
+  const void* fn = backward ? reinterpret_cast<const void*>(&persistent_backward_kernel<T, KIND>)
+                            : reinterpret_cast<const void*>(&persistent_forward_kernel<T, KIND>);
+  check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)), "shared memory");
+  int dev = 0, sms = 0, per_sm = 0;
+  check(cudaGetDevice(&dev), "device");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "SM count");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kPersistentThreads, size_t(smem_bytes)), "occupancy");
+  if (int64_t(per_sm) * sms < a.blocks)
+    throw std::runtime_error("rnn_persistent: " + std::to_string(a.blocks) + " blocks cannot all be resident (" +
+                             std::to_string(per_sm) + " per SM, " + std::to_string(sms) + " SMs)");
+  PersistentArgs copy = a;
+  void* args[] = {&copy};
+  check(cudaLaunchCooperativeKernel(fn, dim3(unsigned(a.blocks)), dim3(kPersistentThreads), args, size_t(smem_bytes),
+                                    stream),
+        "launch");
+}
+
+template <typename T>
+void launch_kind(int kind, const PersistentArgs& a, bool backward, int64_t smem_bytes, cudaStream_t stream) {
+  switch (kind) {
+    case kRnnTanh: launch<T, kRnnTanh>(a, backward, smem_bytes, stream); break;
+    case kRnnRelu: launch<T, kRnnRelu>(a, backward, smem_bytes, stream); break;
+    case kRnnSigmoid: launch<T, kRnnSigmoid>(a, backward, smem_bytes, stream); break;
+    case kLstm: launch<T, kLstm>(a, backward, smem_bytes, stream); break;
+    case kGru: launch<T, kGru>(a, backward, smem_bytes, stream); break;
+    default: throw std::invalid_argument("rnn_persistent: wrong kind " + std::to_string(kind));
+  }
+}
+
+}  // namespace
+
+void rnn_persistent_cuda(int kind, int dtype, const PersistentArgs& a, bool backward, cudaStream_t stream) {
+  const int64_t smem = 4 * persistent_smem_floats(cell_gates(kind), a.H, a.U, a.BC, a.KC, kPersistentThreads);
+  switch (dtype) {
+    case kFloat32: launch_kind<float>(kind, a, backward, smem, stream); break;
+    case kFloat16: launch_kind<Half>(kind, a, backward, smem, stream); break;
+    case kBFloat16: launch_kind<BFloat16>(kind, a, backward, smem, stream); break;
+    default: throw std::invalid_argument("rnn_persistent: wrong dtype code " + std::to_string(dtype));
+  }
+}
+
+// (SMs, shared memory per block with opt-in, cooperative launch supported) of the current device.
+void rnn_persistent_limits_cuda(int64_t& sms, int64_t& smem, bool& cooperative) {
+  int dev = 0, v = 0;
+  check(cudaGetDevice(&dev), "device");
+  check(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev), "SM count");
+  sms = v;
+  check(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "shared memory");
+  smem = v;
+  check(cudaDeviceGetAttribute(&v, cudaDevAttrCooperativeLaunch, dev), "cooperative launch");
+  cooperative = v != 0;
+}
+
+}  // namespace crossfuse
