@@ -12,6 +12,7 @@ the fused cell backward kernels), then one large GEMM per weight gradient.
 from __future__ import annotations
 
 import importlib
+import os
 
 import torch
 
@@ -46,6 +47,8 @@ def _persistent_for(backend, kind, B, H, x):
     cooperative launch, R too large for the SMs' shared memory, nothing to do)."""
     ext = _backend.ext
     if backend != "cuda" or not x.is_cuda or B * H == 0 or ext is None or not hasattr(ext, "cuda"):
+        return None
+    if os.environ.get("CROSSFUSE_CUDA_PERSISTENT", "1") == "0":  # the step loop instead (a kill switch)
         return None
     device = x.device
     index = device.index if device.index is not None else torch.cuda.current_device()
