@@ -50,7 +50,7 @@ def _run(impl, kind, t, lengths, reverse, cot, **kw):
 
 def _layer_cases():
     cases = [(*s, *b.values) + (b.marks,) for s in SHAPES
-             for b in backend_cases(backends=("reference", "cpu", "triton"))]
+             for b in backend_cases(backends=("reference", "cpu", "triton", "cuda"))]
     cases += [(*s, *b.values) + (b.marks,) for s in THREAD_SHAPES for b in backend_cases(backends=("cpu",))]
     return [pytest.param(*c[:-1], marks=c[-1]) for c in cases]
 
@@ -147,6 +147,19 @@ def test_cuda_persistent_recurrence_on_host_threads(kind, dtype, T, B, I, H, len
     monkeypatch.setattr(rnn_ops, "_persistent_for", on_host_threads)
     test_layer_against_reference(kind, "cpu", "cpu", dtype, T, B, I, H, lengths, reverse, with_state)
     assert len(calls) == 3  # forward, backward, the no-grad forward
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_persistent_recurrence_on_gpu(kind, dtype):
+    """The cooperative launch itself (several blocks, lengths, both directions) on the GPU."""
+    rnn_ops = importlib.import_module("crossfuse.ops.rnn")
+    x = torch.empty(1, 18, 5, device="cuda", dtype=dtype)
+    assert rnn_ops._persistent_for("cuda", kind, 18, 70, x) is not None, "the cooperative launch is not taken"
+    lengths = tuple((3 * i) % 5 for i in range(18))
+    for reverse in (False, True):
+        test_layer_against_reference(kind, "cuda", "cuda", dtype, 4, 18, 5, 70, lengths, reverse, True)
 
 
 def _flatten(res):
