@@ -69,7 +69,8 @@ PersistentArgs make_persistent_args(int kind, int dtype, bool backward, const st
   PersistentArgs a;
   a.T = plan[0]; a.B = plan[1]; a.H = plan[2]; a.U = plan[3]; a.blocks = plan[4]; a.BC = plan[5]; a.KC = plan[6];
   if (a.T < 0 || a.B <= 0 || a.H <= 0 || a.U <= 0 || a.BC <= 0 || a.KC <= 0 || a.blocks * a.U < a.H ||
-      (a.blocks - 1) * a.U >= a.H || cell_gates(kind) * a.U * a.BC > int64_t(kPersistentAcc) * kPersistentThreads)
+      (a.blocks - 1) * a.U >= a.H ||
+      persistent_tiles(a.BC, cell_gates(kind) * a.U) > int64_t(kPersistentTiles) * kPersistentThreads)
     throw std::invalid_argument("rnn_persistent: inconsistent plan");
   auto q = [&](int i) { return reinterpret_cast<void*>(p[i]); };
   a.reverse = reverse;
@@ -200,16 +201,18 @@ PYBIND11_MODULE(_C, m) {
   // The CUDA persistent recurrence's plan (None where R does not fit on-chip), and its bodies run on host threads
   // (a test double: `nthreads` host threads per block).
   m.def("rnn_persistent_plan", [](int G, int64_t B, int64_t H, int nthreads, int64_t smem_bytes, int64_t sms,
-                                  int64_t min_units) -> py::object {
+                                  int64_t min_units, int64_t max_kc) -> py::object {
     PersistentArgs a;
-    if (!persistent_plan(G, B, H, nthreads, smem_bytes, sms, min_units, a)) return py::none();
+    if (!persistent_plan(G, B, H, nthreads, smem_bytes, sms, min_units, a, max_kc)) return py::none();
     return py::make_tuple(a.U, a.blocks, a.BC, a.KC, 4 * persistent_smem_floats(G, H, a.U, a.BC, a.KC, nthreads));
   });
   m.attr("rnn_persistent_threads") = kPersistentThreads;
+  m.attr("rnn_persistent_max_kc") = kPersistentMaxKC;
   cpu.def("rnn_persistent_emulate", [](int kind, int dtype, bool backward, const std::vector<int64_t>& plan,
                                        bool reverse, const std::vector<int64_t>& p, int nthreads) {
     PersistentArgs a = make_persistent_args(kind, dtype, backward, plan, reverse, p);
-    if (nthreads <= 0 || nthreads > 1024 || cell_gates(kind) * a.U * a.BC > int64_t(kPersistentAcc) * nthreads)
+    if (nthreads <= 0 || nthreads > 1024 ||
+        persistent_tiles(a.BC, cell_gates(kind) * a.U) > int64_t(kPersistentTiles) * nthreads)
       throw std::invalid_argument("rnn_persistent_emulate: the plan needs more threads per block");
     py::gil_scoped_release nogil;
     rnn_persistent_emulate_cpu(kind, dtype, a, backward, nthreads);

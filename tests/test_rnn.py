@@ -112,10 +112,11 @@ def test_triton_recurrence_over_tiles_and_launch_shapes(kind, launch, reverse, b
 
 
 # (T, B, I, H, lengths, reverse, with_state, SMs, threads per block, staged columns): the CUDA cooperative
-# recurrence's bodies on host threads. 8 blocks of 9 units (the last holds 7), batch chunks of 7, 7 and 4 rows,
-# 32 columns staged per pass (three passes forward, nine back); then one row, where threads split each
-# output's sum; then one block of 256 threads with every column staged at once.
-PERSISTENT_SHAPES = [(4, 18, 5, 70, tuple((3 * i) % 5 for i in range(18)), False, True, 8, 32, 32),
+# recurrence's bodies on host threads. 8 blocks of 9 units (the last holds 7) of 16 threads, two output tiles
+# per thread, batch chunks of 12 and 6 rows (LSTM; GRU 16 and 2), 32 columns staged per pass (three passes
+# forward, nine back); then one row, where threads split each output tile's sum; then one block of 256 threads
+# with every column staged at once.
+PERSISTENT_SHAPES = [(4, 18, 5, 70, tuple((3 * i) % 5 for i in range(18)), False, True, 8, 16, 32),
                      (5, 1, 6, 9, (3,), True, True, 2, 64, 32), (3, 3, 4, 37, None, False, False, 1, 256, None)]
 
 
@@ -129,14 +130,7 @@ def test_cuda_persistent_recurrence_on_host_threads(kind, dtype, T, B, I, H, len
     float64 reference."""
     rnn_ops = importlib.import_module("crossfuse.ops.rnn")
     ext = crossfuse._backend.ext
-    G = GATES.get(kind, 1)
-    smem = 1 << 30
-    if kc is not None:  # just the shared memory of `kc` staged columns: the plan stages no more
-        U = -(-H // sms)
-        U = max(U, rnn_ops.PERSISTENT_MIN_UNITS)
-        BC = min(64, B, 8 * threads // (G * U))
-        smem = 4 * (max(H * (G * U + 1) + BC * G * U, G * H * (U + 1)) + BC * (kc + 1) + threads)
-    plan = rnn_ops.persistent_plan(kind, B, H, sms, smem, threads)
+    plan = rnn_ops.persistent_plan(kind, B, H, sms, 1 << 30, threads, kc)
     assert plan is not None and (kc is None or plan[3] == kc) and plan[1] <= sms
     calls = []
 

@@ -20,7 +20,10 @@
 namespace crossfuse {
 
 constexpr int kPersistentThreads = 256;  // the CUDA launch's block size
-constexpr int kPersistentAcc = 8;        // outputs per thread per batch chunk (registers)
+// A thread accumulates tiles of kTileRows batch rows x kTileCols outputs: per reduction step it loads
+// kTileRows + kTileCols staged values for kTileRows * kTileCols multiply-adds (shared memory, not the FMA
+// units, bounds a one-output-per-thread loop); up to kPersistentTiles tiles per thread per batch chunk.
+constexpr int kTileRows = 4, kTileCols = 4, kPersistentTiles = 2;
 constexpr int kPersistentKC = 32;        // reduction columns staged per pass: at least this many,
 constexpr int kPersistentMaxKC = 1024;   // at most this many
 
@@ -40,24 +43,33 @@ struct PersistentArgs {
   void *dgi = nullptr, *dgh = nullptr;                       // backward: (T, B, G*H) contiguous (dgh: GRU)
 };
 
+CF_HD int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+// Row strides of the staged operands: whole column tiles, odd (consecutive rows in different banks).
+CF_HD int64_t persistent_stride(int64_t cols) { return round_up(cols, kTileCols) + 1; }
+// Output tiles of a batch chunk of `rows` rows and `cols` outputs per row.
+CF_HD int64_t persistent_tiles(int64_t rows, int64_t cols) {
+  return ((rows + kTileRows - 1) / kTileRows) * ((cols + kTileCols - 1) / kTileCols);
+}
+
 // Shared-memory floats of a plan (the larger of forward and backward: the same plan serves both).
 inline int64_t persistent_smem_floats(int G, int64_t H, int64_t U, int64_t BC, int64_t KC, int nthreads) {
-  const int64_t fwd = H * (G * U + 1) + BC * G * U, bwd = G * H * (U + 1);
-  return (fwd > bwd ? fwd : bwd) + BC * (KC + 1) + nthreads;
+  const int64_t rows = round_up(BC, kTileRows);
+  const int64_t fwd = H * persistent_stride(G * U) + rows * G * U, bwd = G * H * persistent_stride(U);
+  return (fwd > bwd ? fwd : bwd) + rows * (KC + 1) + int64_t(nthreads) * kTileRows * kTileCols;
 }
 
 // The plan for B rows and H units on `sms` SMs with `smem_bytes` of shared memory per block: the fewest units per
 // block (at least min_units) with every block co-resident at one per SM, and as many reduction columns staged per
 // pass as fit (fewer passes, fewer barriers); false where R does not fit on-chip.
 inline bool persistent_plan(int G, int64_t B, int64_t H, int nthreads, int64_t smem_bytes, int64_t sms,
-                            int64_t min_units, PersistentArgs& p) {
+                            int64_t min_units, PersistentArgs& p, int64_t max_kc = kPersistentMaxKC) {
   if (G <= 0 || B <= 0 || H <= 0 || nthreads <= 0 || sms <= 0) return false;
   int64_t U = (H + sms - 1) / sms;
   U = U < min_units ? min_units : U;
   U = U > H ? H : U;
-  const int64_t R = G * U;
-  if (R > int64_t(kPersistentAcc) * nthreads) return false;
-  int64_t BC = int64_t(kPersistentAcc) * nthreads / R;
+  // batch rows per chunk: every output tile of a chunk in the threads' registers
+  int64_t BC = kTileRows * (int64_t(kPersistentTiles) * nthreads / persistent_tiles(kTileRows, G * U));
+  if (BC == 0) return false;
   BC = BC > 64 ? 64 : BC;
   BC = BC > B ? B : BC;
   p.U = U;
@@ -65,7 +77,7 @@ inline bool persistent_plan(int G, int64_t B, int64_t H, int nthreads, int64_t s
   p.BC = BC;
   if (p.blocks > sms) return false;
   const int64_t longest = G * H;  // the backward's reduction; the forward's is H
-  for (int64_t KC = kPersistentMaxKC; KC >= kPersistentKC; KC /= 2) {
+  for (int64_t KC = max_kc; KC >= kPersistentKC; KC /= 2) {
     if (KC / 2 >= longest && KC > kPersistentKC) continue;  // no wider than the reduction needs
     p.KC = KC;
     if (4 * persistent_smem_floats(G, H, U, BC, KC, nthreads) <= smem_bytes) return true;
@@ -73,60 +85,85 @@ inline bool persistent_plan(int G, int64_t B, int64_t H, int nthreads, int64_t s
   return false;
 }
 
-// The largest power of two ks <= 32 with n * ks <= nthreads: threads per output, splitting its reduction.
+// The largest power of two ks <= 32 with n * ks <= nthreads: threads per output tile, splitting its reduction.
 CF_HD int64_t persistent_split(int64_t n, int nthreads) {
   int64_t ks = 1;
   while (ks < 32 && n * ks * 2 <= nthreads) ks *= 2;
   return ks;
 }
 
-// acc[i] of output grp + i * (NT / ks) += sum over k = kl, kl + ks, ... < kc of a[k * sa + col(o)] * x[row(o) * xs + k]:
-// one pass over a staged chunk of the reduction; outputs o = row * ncols + col.
+// One pass over a staged chunk of the reduction: acc[i] (the tile grp + i * (NT / ks) of output rows x cols)
+// += sum over k = kl, kl + ks, ... < kc of x[row * sx + k] * a[k * sa + col]. Rows and columns past the chunk's
+// are computed from whatever the padding holds and never handed out.
 template <class Ctx>
-CF_DEV void persistent_dot(Ctx& cx, float* acc, int64_t n, int64_t ncols, int64_t ks, const float* a, int64_t sa,
-                           const float* x, int64_t xs, int64_t kc) {
+CF_DEV void persistent_dot(Ctx& cx, float (*acc)[kTileRows][kTileCols], int64_t rows, int64_t cols, int64_t ks,
+                           const float* a, int64_t sa, const float* x, int64_t sx, int64_t kc) {
   const int64_t ng = cx.threads() / ks, grp = cx.thread() / ks, kl = cx.thread() % ks;
+  const int64_t nct = (cols + kTileCols - 1) / kTileCols, n = persistent_tiles(rows, cols);
 #pragma unroll
-  for (int i = 0; i < kPersistentAcc; ++i) {
-    const int64_t o = grp + i * ng;
-    if (o < n) {
-      const int64_t row = o / ncols, col = o - row * ncols;
-      float s = acc[i];
-      for (int64_t k = kl; k < kc; k += ks) s += a[k * sa + col] * x[row * xs + k];
-      acc[i] = s;
+  for (int i = 0; i < kPersistentTiles; ++i) {
+    const int64_t q = grp + i * ng;
+    if (q < n) {
+      const int64_t rt = q / nct, ct = q - rt * nct;
+      const float *ap = a + ct * kTileCols, *xp = x + rt * kTileRows * sx;
+      for (int64_t k = kl; k < kc; k += ks) {
+        float w[kTileCols], v[kTileRows];
+#pragma unroll
+        for (int c = 0; c < kTileCols; ++c) w[c] = ap[k * sa + c];
+#pragma unroll
+        for (int r = 0; r < kTileRows; ++r) v[r] = xp[r * sx + k];
+#pragma unroll
+        for (int r = 0; r < kTileRows; ++r)
+#pragma unroll
+          for (int c = 0; c < kTileCols; ++c) acc[i][r][c] += v[r] * w[c];
+      }
     }
   }
 }
 
-// Hands each output's sum to fn(o, sum), once per output: the ks partial sums of an output meet in `red`.
+// Hands each output's sum to fn(row, col, sum), once per output: the ks partial sums of a tile meet in `red`.
 template <class Ctx, class F>
-CF_DEV void persistent_reduce(Ctx& cx, const float* acc, int64_t n, int64_t ks, float* red, F&& fn) {
+CF_DEV void persistent_reduce(Ctx& cx, float (*acc)[kTileRows][kTileCols], int64_t rows, int64_t cols, int64_t ks,
+                              float* red, F&& fn) {
   const int64_t ng = cx.threads() / ks, grp = cx.thread() / ks, kl = cx.thread() % ks;
-  if (ks == 1) {
+  const int64_t nct = (cols + kTileCols - 1) / kTileCols, n = persistent_tiles(rows, cols);
+  constexpr int E = kTileRows * kTileCols;
+  if (ks > 1) {  // n <= ng: one tile per group, in acc[0]
 #pragma unroll
-    for (int i = 0; i < kPersistentAcc; ++i)
-      if (grp + i * ng < n) fn(grp + i * ng, acc[i]);
-    return;
+    for (int e = 0; e < E; ++e) red[cx.thread() * E + e] = acc[0][e / kTileCols][e % kTileCols];
+    cx.sync();
+    if (kl == 0 && grp < n)
+      for (int e = 0; e < E; ++e) {
+        float s = 0.f;
+        for (int64_t l = 0; l < ks; ++l) s += red[(grp * ks + l) * E + e];
+        acc[0][e / kTileCols][e % kTileCols] = s;
+      }
+    if (kl != 0) return;
   }
-  red[cx.thread()] = acc[0];  // ks > 1: n <= ng, one output per group
-  cx.sync();
-  if (kl == 0 && grp < n) {
-    float s = 0.f;
-    for (int64_t l = 0; l < ks; ++l) s += red[grp * ks + l];
-    fn(grp, s);
+#pragma unroll
+  for (int i = 0; i < kPersistentTiles; ++i) {
+    const int64_t q = grp + i * ng;
+    if (q >= n) continue;
+    const int64_t rt = q / nct, ct = q - rt * nct;
+    for (int r = 0; r < kTileRows; ++r)
+      for (int c = 0; c < kTileCols; ++c) {
+        const int64_t row = rt * kTileRows + r, col = ct * kTileCols + c;
+        if (row < rows && col < cols) fn(row, col, acc[i][r][c]);
+      }
   }
 }
 
 template <typename T, int KIND, class Ctx>
 CF_DEV void persistent_forward(const PersistentArgs& a, Ctx& cx) {
   constexpr int G = KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1);
-  const int64_t H = a.H, B = a.B, BH = B * H, U = a.U, BC = a.BC, KC = a.KC, R = G * U, SW = R + 1, SX = KC + 1;
+  const int64_t H = a.H, B = a.B, BH = B * H, U = a.U, BC = a.BC, KC = a.KC, R = G * U, SW = persistent_stride(R),
+                SX = KC + 1;
   const int NT = cx.threads(), tid = cx.thread();
   const int64_t j0 = cx.block() * U, nu = H - j0 < U ? (H - j0 > 0 ? H - j0 : 0) : U;
   float* Wsm = cx.shared();      // [k][r], r = g * U + u
-  float* gat = Wsm + H * SW;     // [b][r]: R.h of the batch chunk
-  float* xs = gat + BC * R;      // [b][k]: the staged state columns
-  float* red = xs + BC * SX;     // [thread]
+  float* gat = Wsm + H * SW;                     // [b][r]: R.h of the batch chunk
+  float* xs = gat + round_up(BC, kTileRows) * R;  // [b][k]: the staged state columns
+  float* red = xs + round_up(BC, kTileRows) * SX; // [thread][tile element]
   const T* W = static_cast<const T*>(a.w);
   for (int64_t i = tid; i < R * H; i += NT) {
     const int64_t r = i / H, k = i - r * H, g = r / U, u = r - g * U;
@@ -138,8 +175,8 @@ CF_DEV void persistent_forward(const PersistentArgs& a, Ctx& cx) {
     const float *SH = a.st + src * BH, *SC = a.st + (2 + src) * BH;
     float *DH = a.st + (1 - src) * BH, *DC = a.st + (3 - src) * BH;
     for (int64_t b0 = 0; b0 < B; b0 += BC) {
-      const int64_t bc = B - b0 < BC ? B - b0 : BC, n = bc * R, ks = persistent_split(n, NT);
-      float acc[kPersistentAcc] = {};
+      const int64_t bc = B - b0 < BC ? B - b0 : BC, ks = persistent_split(persistent_tiles(bc, R), NT);
+      float acc[kPersistentTiles][kTileRows][kTileCols] = {};
       for (int64_t k0 = 0; k0 < H; k0 += KC) {
         const int64_t kc = H - k0 < KC ? H - k0 : KC;
         cx.sync();  // the previous pass (or chunk's gate math) is done with xs and gat
@@ -148,9 +185,9 @@ CF_DEV void persistent_forward(const PersistentArgs& a, Ctx& cx) {
           xs[b * SX + k] = k < kc ? cx.ld_l2(SH + (b0 + b) * H + k0 + k) : 0.f;
         }
         cx.sync();
-        persistent_dot(cx, acc, n, R, ks, Wsm + k0 * SW, SW, xs, SX, kc);
+        persistent_dot(cx, acc, bc, R, ks, Wsm + k0 * SW, SW, xs, SX, kc);
       }
-      persistent_reduce(cx, acc, n, ks, red, [&](int64_t o, float v) { gat[o] = v; });
+      persistent_reduce(cx, acc, bc, R, ks, red, [&](int64_t b, int64_t r, float v) { gat[b * R + r] = v; });
       cx.sync();
       for (int64_t i = tid; i < bc * nu; i += NT) {
         const int64_t b = i / nu, u = i - b * nu, row = b0 + b, j = j0 + u, oh = row * H + j;
@@ -193,12 +230,13 @@ CF_DEV void persistent_forward(const PersistentArgs& a, Ctx& cx) {
 template <typename T, int KIND, class Ctx>
 CF_DEV void persistent_backward(const PersistentArgs& a, Ctx& cx) {
   constexpr int G = KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1);
-  const int64_t H = a.H, B = a.B, BH = B * H, GH = G * H, U = a.U, BC = a.BC, KC = a.KC, SW = U + 1, SX = KC + 1;
+  const int64_t H = a.H, B = a.B, BH = B * H, GH = G * H, U = a.U, BC = a.BC, KC = a.KC, SW = persistent_stride(U),
+                SX = KC + 1;
   const int NT = cx.threads(), tid = cx.thread();
   const int64_t j0 = cx.block() * U, nu = H - j0 < U ? (H - j0 > 0 ? H - j0 : 0) : U;
   float* Wsm = cx.shared();   // [r][u] = R[r][j0 + u]
   float* xs = Wsm + GH * SW;  // [b][k]: staged gate gradients
-  float* red = xs + BC * SX;
+  float* red = xs + round_up(BC, kTileRows) * SX;
   const T* W = static_cast<const T*>(a.w);
   for (int64_t i = tid; i < GH * U; i += NT) {
     const int64_t r = i / U, u = i - r * U;
@@ -246,8 +284,8 @@ CF_DEV void persistent_backward(const PersistentArgs& a, Ctx& cx) {
     cx.grid_sync();  // dh_prev below reads every unit's gate gradients
     const T* DG = static_cast<const T*>(KIND == kGru ? a.dgh : a.dgi) + t * B * GH;
     for (int64_t b0 = 0; b0 < B; b0 += BC) {  // dh_prev[:, units] = dG R[:, units]
-      const int64_t bc = B - b0 < BC ? B - b0 : BC, n = bc * U, ks = persistent_split(n, NT);
-      float acc[kPersistentAcc] = {};
+      const int64_t bc = B - b0 < BC ? B - b0 : BC, ks = persistent_split(persistent_tiles(bc, U), NT);
+      float acc[kPersistentTiles][kTileRows][kTileCols] = {};
       for (int64_t r0 = 0; r0 < GH; r0 += KC) {
         const int64_t rc = GH - r0 < KC ? GH - r0 : KC;
         cx.sync();
@@ -256,10 +294,10 @@ CF_DEV void persistent_backward(const PersistentArgs& a, Ctx& cx) {
           xs[b * SX + k] = k < rc ? cx.ld_l2(DG + (b0 + b) * GH + r0 + k) : 0.f;
         }
         cx.sync();
-        persistent_dot(cx, acc, n, U, ks, Wsm + r0 * SW, SW, xs, SX, rc);
+        persistent_dot(cx, acc, bc, U, ks, Wsm + r0 * SW, SW, xs, SX, rc);
       }
-      persistent_reduce(cx, acc, n, ks, red, [&](int64_t o, float v) {
-        const int64_t b = o / U, u = o - b * U, row = b0 + b, oh = row * H + j0 + u;
+      persistent_reduce(cx, acc, bc, U, ks, red, [&](int64_t b, int64_t u, float v) {
+        const int64_t row = b0 + b, oh = row * H + j0 + u;
         if (u >= nu) return;
         if (KIND == kGru) v += direct[oh];
         if (a.lens != nullptr && !(t < a.lens[row])) v = SDH[oh];  // outside its steps a row passes dh through

@@ -35,11 +35,12 @@ PERSISTENT_MIN_UNITS = 4
 _cuda_limits: dict[int, tuple] = {}
 
 
-def persistent_plan(kind, B, H, sms, smem_bytes, threads=None):
+def persistent_plan(kind, B, H, sms, smem_bytes, threads=None, max_kc=None):
     """(T-independent) plan (U, blocks, BC, KC, shared bytes) of the persistent recurrence, or None where R does
-    not fit on-chip."""
-    threads = threads or _backend.ext.rnn_persistent_threads
-    return _backend.ext.rnn_persistent_plan(GATES[kind], B, H, threads, smem_bytes, sms, PERSISTENT_MIN_UNITS)
+    not fit on-chip. `threads` per block and at most `max_kc` columns staged per pass (tests vary them)."""
+    ext = _backend.ext
+    return ext.rnn_persistent_plan(GATES[kind], B, H, threads or ext.rnn_persistent_threads, smem_bytes, sms,
+                                   PERSISTENT_MIN_UNITS, max_kc or ext.rnn_persistent_max_kc)
 
 
 def _persistent_for(backend, kind, B, H, x):
