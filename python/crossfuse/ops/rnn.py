@@ -116,9 +116,16 @@ def _op_of(kind):
 
 def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, need_ws):
     """(hs (T, B, H) states, cs or None, ws or None): the state after every step; rows past their length hold."""
-    T, B, _ = x.shape
+    T, B, I = x.shape
     H = w_hh.shape[1]
-    gi = torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H), b_ih folded in
+    cpu32 = backend == "cpu" and x.dtype == torch.float32
+    if cpu32 and kind != "gru" and b_ih is not None:
+        # On CPU a GEMM with a bias first copies the bias into every output row (a pass over all of gi): the
+        # recurrence adds b_ih + b_hh itself instead. GRU keeps b_ih in gi (r scales only the recurrent n-part).
+        gi = torch.mm(x.reshape(T * B, I), w_ih.t()).view(T, B, w_ih.shape[0])
+        b_hh = b_ih if b_hh is None else b_ih + b_hh
+    else:
+        gi = torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H), b_ih folded in
     new = _backend.empty
     hs = new((T, B, H), dtype=x.dtype, device=x.device)
     cs = new((T, B, H), dtype=x.dtype, device=x.device) if kind == "lstm" else None
@@ -129,7 +136,7 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
     if coop is not None:
         persistent_forward(kind, gi, w_hh, b_hh, h0, c0, lengths, reverse, hs, cs, ws, *coop)
         return hs, cs, ws
-    if backend == "cpu" and x.dtype == torch.float32:
+    if cpu32:
         gi = gi.contiguous()
         ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
         lens = None if lengths is None else lengths.to(torch.int64).contiguous()
