@@ -134,7 +134,7 @@ PYBIND11_MODULE(_C, m) {
   // One layer, one direction, fp32: the time loop of rnn/lstm/gru (kind as in cell_step). gi (T, B, G*H) holds the
   // input gates with b_ih folded in; hs/cs (T, B, H) receive the states, ws (T, B, 4H) the activated gates.
   cpu.def("rnn_sequence", [](int kind, int64_t T, int64_t B, int64_t H, uintptr_t gi, int64_t sgt, int64_t sgb,
-                             uintptr_t w_hh, uintptr_t b_hh, uintptr_t h0, uintptr_t c0, uintptr_t lengths,
+                             uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh, uintptr_t h0, uintptr_t c0, uintptr_t lengths,
                              bool reverse, uintptr_t hs, uintptr_t cs, uintptr_t ws) {
     if (T < 0 || B < 0 || H < 0) throw std::invalid_argument("rnn_sequence: negative size");
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("rnn_sequence: wrong kind");
@@ -143,7 +143,8 @@ PYBIND11_MODULE(_C, m) {
     SeqArgs s;
     s.kind = kind; s.T = T; s.B = B; s.H = H;
     auto f = [](uintptr_t p) { return reinterpret_cast<const float*>(p); };
-    s.gi = f(gi); s.sgt = sgt; s.sgb = sgb; s.w_hh = f(w_hh); s.b_hh = f(b_hh); s.h0 = f(h0); s.c0 = f(c0);
+    s.gi = f(gi); s.sgt = sgt; s.sgb = sgb; s.w_hh = f(w_hh); s.b_ih = f(b_ih); s.b_hh = f(b_hh);
+    s.h0 = f(h0); s.c0 = f(c0);
     s.lengths = reinterpret_cast<const int64_t*>(lengths);
     s.reverse = reverse;
     s.hs = reinterpret_cast<float*>(hs); s.cs = reinterpret_cast<float*>(cs); s.ws = reinterpret_cast<float*>(ws);

@@ -57,7 +57,7 @@ void rnn_sequence_cpu(const SeqArgs& s) {
       a.hx = step == 0 ? s.h0 : s.hs + p * BH;
       a.cx = step == 0 ? s.c0 : (s.cs ? s.cs + p * BH : nullptr);
       a.sh = a.sc = a.shy = a.scy = H;
-      a.w_hh = s.w_hh; a.b_hh = s.b_hh;
+      a.w_hh = s.w_hh; a.b_hh = s.b_hh; a.b_ih = s.b_ih;
       a.gi_pre = s.gi + t * s.sgt; a.sgi = s.sgb;
       if (step + 1 < T) a.gi_next = s.gi + (s.reverse ? t - 1 : t + 1) * s.sgt;
       a.hy = s.hs + t * BH;

@@ -7,9 +7,10 @@ namespace crossfuse {
 struct SeqArgs {
   int kind = 0;
   int64_t T = 0, B = 0, H = 0;
-  const float* gi = nullptr;  // (T, B, G*H) input gates with b_ih folded in; step t at gi + t*sgt, row b + b*sgb
+  const float* gi = nullptr;  // (T, B, G*H) input gates x W_ih^T; step t at gi + t*sgt, row b + b*sgb
   int64_t sgt = 0, sgb = 0;
   const float *w_hh = nullptr, *b_hh = nullptr;
+  const float* b_ih = nullptr;  // added per step, or null where gi holds it already
   const float *h0 = nullptr, *c0 = nullptr;  // (B, H), or null for zeros
   const int64_t* lengths = nullptr;          // (B,), or null: every row runs all T steps
   bool reverse = false;

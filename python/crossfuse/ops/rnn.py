@@ -118,12 +118,10 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
     """(hs (T, B, H) states, cs or None, ws or None): the state after every step; rows past their length hold."""
     T, B, I = x.shape
     H = w_hh.shape[1]
-    cpu32 = backend == "cpu" and x.dtype == torch.float32
-    if cpu32 and kind != "gru" and b_ih is not None:
-        # On CPU a GEMM with a bias first copies the bias into every output row (a pass over all of gi): the
-        # recurrence adds b_ih + b_hh itself instead. GRU keeps b_ih in gi (r scales only the recurrent n-part).
+    coop = _persistent_for(backend, kind, B, H, x)
+    cpu32 = coop is None and backend == "cpu" and x.dtype == torch.float32
+    if cpu32:  # on CPU a GEMM with a bias first copies it into every row of gi: the recurrence adds b_ih instead
         gi = torch.mm(x.reshape(T * B, I), w_ih.t()).view(T, B, w_ih.shape[0])
-        b_hh = b_ih if b_hh is None else b_ih + b_hh
     else:
         gi = torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H), b_ih folded in
     new = _backend.empty
@@ -132,7 +130,6 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
     ws = new((T, B, 4 * H), dtype=torch.float32, device=x.device) if need_ws and kind in ("lstm", "gru") else None
     if T * B * H == 0:
         return hs, cs, ws
-    coop = _persistent_for(backend, kind, B, H, x)
     if coop is not None:
         persistent_forward(kind, gi, w_hh, b_hh, h0, c0, lengths, reverse, hs, cs, ws, *coop)
         return hs, cs, ws
@@ -142,8 +139,9 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
         lens = None if lengths is None else lengths.to(torch.int64).contiguous()
         _backend.ext.cpu.rnn_sequence(
             KINDS[kind], T, B, H, gi.data_ptr(), gi.stride(0), gi.stride(1), w_hh.contiguous().data_ptr(),
-            ptr(None if b_hh is None else b_hh.contiguous()), ptr(None if h0 is None else h0.contiguous()),
-            ptr(None if c0 is None else c0.contiguous()), ptr(lens), reverse, hs.data_ptr(), ptr(cs), ptr(ws))
+            ptr(None if b_ih is None else b_ih.contiguous()), ptr(None if b_hh is None else b_hh.contiguous()),
+            ptr(None if h0 is None else h0.contiguous()), ptr(None if c0 is None else c0.contiguous()), ptr(lens),
+            reverse, hs.data_ptr(), ptr(cs), ptr(ws))
         return hs, cs, ws
     if backend == "triton" and _triton_rnn().fits(B, H):
         _triton_rnn().forward(kind, gi.contiguous(), w_hh.contiguous(), None if b_hh is None else b_hh.contiguous(),
