@@ -135,13 +135,11 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
         return hs, cs, ws
     if cpu32:
         gi = gi.contiguous()
-        ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+        c = lambda t: None if t is None else t.contiguous()  # noqa: E731
         lens = None if lengths is None else lengths.to(torch.int64).contiguous()
-        _backend.ext.cpu.rnn_sequence(
-            KINDS[kind], T, B, H, gi.data_ptr(), gi.stride(0), gi.stride(1), w_hh.contiguous().data_ptr(),
-            ptr(None if b_ih is None else b_ih.contiguous()), ptr(None if b_hh is None else b_hh.contiguous()),
-            ptr(None if h0 is None else h0.contiguous()), ptr(None if c0 is None else c0.contiguous()), ptr(lens),
-            reverse, hs.data_ptr(), ptr(cs), ptr(ws))
+        keep = [c(w_hh), c(b_ih), c(b_hh), c(h0), c(c0), lens]  # alive until the call returns
+        _backend.ext.cpu.rnn_sequence(KINDS[kind], T, B, H, gi.data_ptr(), gi.stride(0), gi.stride(1),
+                                      *map(_ptr, keep), reverse, hs.data_ptr(), _ptr(cs), _ptr(ws))
         return hs, cs, ws
     if backend == "triton" and _triton_rnn().fits(B, H):
         _triton_rnn().forward(kind, gi.contiguous(), w_hh.contiguous(), None if b_hh is None else b_hh.contiguous(),
@@ -168,8 +166,7 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
 def _backward_steps_cpu(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh):
     """The reverse-time loop in C++ (fp32); returns (dh0, dc0)."""
     T, B, H = hs.shape
-    c = lambda t: None if t is None else t.contiguous()  # noqa: E731
-    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    c, ptr = (lambda t: None if t is None else t.contiguous()), _ptr  # noqa: E731
     dh, dc = hs.new_empty(B, H), (hs.new_empty(B, H) if kind == "lstm" else None)
     keep = [c(dout), c(dhT), c(dcT), c(h0), c(c0), c(w_hh), c(lengths)]
     _backend.ext.cpu.rnn_sequence_backward(
