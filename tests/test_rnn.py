@@ -2,6 +2,7 @@
 and every gradient under the tolerance rule), and crossfuse.nn.RNN / LSTM / GRU against torch.nn with
 transplanted weights: layers, directions, batch_first, PackedSequence, lengths=, dropout, bad input."""
 import importlib
+import sys
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import crossfuse
 from crossfuse.reference.rnn import rnn_layer
-from harness import assert_within_rule, backend_cases, leaf_like, relu_kink_allowance
+from harness import assert_within_rule, backend_cases, leaf_like, relu_kink_allowance, strided
 
 layer = importlib.import_module("crossfuse.ops.rnn").layer
 KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "rnn_sigmoid")
@@ -109,6 +110,23 @@ def test_triton_recurrence_over_tiles_and_launch_shapes(kind, launch, reverse, b
         assert kernels.plan(18, 70, dtype, torch.device(device))[2] > 1
     lengths = tuple((3 * i) % 5 for i in range(18))
     test_layer_against_reference(kind, backend, device, dtype, 4, 18, 5, 70, lengths, reverse, True)
+
+
+@pytest.mark.parametrize("backend,device,dtype", backend_cases(backends=("cpu", "cuda"), dtypes=(torch.float32,)))
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_non_contiguous_inputs_weights_and_states(kind, backend, device, dtype, monkeypatch):
+    """Every tensor a strided view with NaN in its gaps: the kernels read only the view's elements (and the
+    contiguous copies made for them live through the call)."""
+    contiguous = _inputs
+
+    def strided_inputs(*args):
+        out = {}
+        for k, t in contiguous(*args).items():
+            out[k] = None if t is None else strided(t.shape, t.dtype, t.device).copy_(t)
+        return out
+
+    monkeypatch.setattr(sys.modules[__name__], "_inputs", strided_inputs)
+    test_layer_against_reference(kind, backend, device, dtype, 5, 6, 7, 67, (5, 2, 4, 0, 5, 3), False, True)
 
 
 # (T, B, I, H, lengths, reverse, with_state, SMs, threads per block, staged columns): the CUDA cooperative
