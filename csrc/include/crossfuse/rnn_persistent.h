@@ -92,6 +92,28 @@ CF_HD int64_t persistent_split(int64_t n, int nthreads) {
   return ks;
 }
 
+// xs[b * sx + k] = src[b * ld + k] for b < rows, k < kc (0 for kc <= k < KC), read past L1. Each thread has
+// kStage loads in flight before it stores: a load-then-store loop would wait out L2's latency once per value.
+constexpr int kStage = 8;
+template <class Ctx, typename T>
+CF_DEV void persistent_stage(Ctx& cx, float* xs, int64_t sx, int64_t rows, int64_t KC, int64_t kc, const T* src,
+                             int64_t ld) {
+  const int64_t n = rows * KC, NT = cx.threads();
+  for (int64_t i0 = cx.thread(); i0 < n; i0 += NT * kStage) {
+    float v[kStage];
+#pragma unroll
+    for (int q = 0; q < kStage; ++q) {
+      const int64_t i = i0 + q * NT, b = i / KC, k = i - b * KC;
+      v[q] = i < n && k < kc ? cx.ld_l2(src + b * ld + k) : 0.f;
+    }
+#pragma unroll
+    for (int q = 0; q < kStage; ++q) {
+      const int64_t i = i0 + q * NT, b = i / KC, k = i - b * KC;
+      if (i < n) xs[b * sx + k] = v[q];
+    }
+  }
+}
+
 // One pass over a staged chunk of the reduction: acc[i] (the tile grp + i * (NT / ks) of output rows x cols)
 // += sum over k = kl, kl + ks, ... < kc of x[row * sx + k] * a[k * sa + col]. Rows and columns past the chunk's
 // are computed from whatever the padding holds and never handed out.
@@ -180,10 +202,7 @@ CF_DEV void persistent_forward(const PersistentArgs& a, Ctx& cx) {
       for (int64_t k0 = 0; k0 < H; k0 += KC) {
         const int64_t kc = H - k0 < KC ? H - k0 : KC;
         cx.sync();  // the previous pass (or chunk's gate math) is done with xs and gat
-        for (int64_t i = tid; i < bc * KC; i += NT) {
-          const int64_t b = i / KC, k = i - b * KC;
-          xs[b * SX + k] = k < kc ? cx.ld_l2(SH + (b0 + b) * H + k0 + k) : 0.f;
-        }
+        persistent_stage(cx, xs, SX, bc, KC, kc, SH + b0 * H + k0, H);
         cx.sync();
         persistent_dot(cx, acc, bc, R, ks, Wsm + k0 * SW, SW, xs, SX, kc);
       }
@@ -289,10 +308,7 @@ CF_DEV void persistent_backward(const PersistentArgs& a, Ctx& cx) {
       for (int64_t r0 = 0; r0 < GH; r0 += KC) {
         const int64_t rc = GH - r0 < KC ? GH - r0 : KC;
         cx.sync();
-        for (int64_t i = tid; i < bc * KC; i += NT) {
-          const int64_t b = i / KC, k = i - b * KC;
-          xs[b * SX + k] = k < rc ? cx.ld_l2(DG + (b0 + b) * GH + r0 + k) : 0.f;
-        }
+        persistent_stage(cx, xs, SX, bc, KC, rc, DG + b0 * GH + r0, GH);
         cx.sync();
         persistent_dot(cx, acc, bc, U, ks, Wsm + r0 * SW, SW, xs, SX, rc);
       }
