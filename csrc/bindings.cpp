@@ -132,10 +132,11 @@ PYBIND11_MODULE(_C, m) {
     cell_step_cpu(a);
   });
   // One layer, one direction, fp32: the time loop of rnn/lstm/gru (kind as in cell_step). gi (T, B, G*H) holds the
-  // input gates with b_ih folded in; hs/cs (T, B, H) receive the states, ws (T, B, 4H) the activated gates.
+  // input gates x W_ih^T (b_ih folded in, or passed to be added per step); hs/cs (T, B, H) receive the states,
+  // ws (T, B, 4H) the activated gates.
   cpu.def("rnn_sequence", [](int kind, int64_t T, int64_t B, int64_t H, uintptr_t gi, int64_t sgt, int64_t sgb,
-                             uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh, uintptr_t h0, uintptr_t c0, uintptr_t lengths,
-                             bool reverse, uintptr_t hs, uintptr_t cs, uintptr_t ws) {
+                             uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh, uintptr_t h0, uintptr_t c0,
+                             uintptr_t lengths, bool reverse, uintptr_t hs, uintptr_t cs, uintptr_t ws) {
     if (T < 0 || B < 0 || H < 0) throw std::invalid_argument("rnn_sequence: negative size");
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("rnn_sequence: wrong kind");
     if (T * B * H > 0 && (!gi || !w_hh || !hs || (kind == kLstm && !cs)))

@@ -46,8 +46,9 @@ def test_cuda_persistent_recurrence_compiles_without_spills(tmp_path, capsys):
     rows = []
     for arch in (80, 90):
         proc = subprocess.run(
-            [_nvcc(), "-std=c++17", "-O3", "-I", str(root / "csrc" / "include"), f"-gencode=arch=compute_{arch},code=sm_{arch}",
-             "-Xptxas", "-v", "-c", str(root / "csrc" / "cuda" / "rnn_persistent.cu"), "-o", str(tmp_path / "k.o")],
+            [_nvcc(), "-std=c++17", "-O3", "-I", str(root / "csrc" / "include"),
+             f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-c",
+             str(root / "csrc" / "cuda" / "rnn_persistent.cu"), "-o", str(tmp_path / "k.o")],
             capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
         name = None

@@ -52,7 +52,8 @@ void launch(const PersistentArgs& a, bool backward, int64_t smem_bytes, cudaStre
   int dev = 0, sms = 0, per_sm = 0;
   check(cudaGetDevice(&dev), "device");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "SM count");
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kPersistentThreads, size_t(smem_bytes)), "occupancy");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, kPersistentThreads, size_t(smem_bytes)),
+        "occupancy");
   if (int64_t(per_sm) * sms < a.blocks)
     throw std::runtime_error("rnn_persistent: " + std::to_string(a.blocks) + " blocks cannot all be resident (" +
                              std::to_string(per_sm) + " per SM, " + std::to_string(sms) + " SMs)");
