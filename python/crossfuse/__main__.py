@@ -29,12 +29,14 @@ def info() -> str:
         lines.append("GPU       none")
     lines.append(f"triton interpreter {'on' if _backend.interpreter_on() else 'off'}")
     lines.append("")
-    lines.append(f"{'op':<16}{'CPU tensors':<14}{'CUDA tensors':<14}")
-    for op in sorted(_backend.ops()):
+    ops = sorted(_backend.ops())
+    w = max(len(op) for op in ops + ["op"]) + 2
+    lines.append(f"{'op':<{w}}{'CPU tensors':<14}{'CUDA tensors':<14}")
+    for op in ops:
         row = [op]
         for dev in ("cpu", "cuda"):
             row.append(_backend.choose(op, torch.device(dev)))
-        lines.append(f"{row[0]:<16}{row[1]:<14}{row[2]:<14}")
+        lines.append(f"{row[0]:<{w}}{row[1]:<14}{row[2]:<14}")
     return "\n".join(lines)
 
 
