@@ -61,7 +61,7 @@ CellArgs make_cell_args(int kind, int dtype, int64_t B, int64_t H, bool backward
 // The persistent recurrence (crossfuse/rnn_persistent.h): plan = (T, B, H, U, blocks, BC, KC); p = (gi, sgt, sgb,
 // w, sw, bhh, lens, hs, cs, ws, st, dout, h0, c0, dgi, dgh), pointers 0 = absent, strides in elements.
 PersistentArgs make_persistent_args(int kind, int dtype, bool backward, const std::vector<int64_t>& plan, bool reverse,
-                                    const std::vector<int64_t>& p) {
+                                    const std::vector<int64_t>& p, int nthreads) {
   if (plan.size() != 7 || p.size() != 16)
     throw std::invalid_argument("rnn_persistent: expected 7 plan values and 16 pointers or strides");
   if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("rnn_persistent: wrong kind " + std::to_string(kind));
@@ -70,8 +70,9 @@ PersistentArgs make_persistent_args(int kind, int dtype, bool backward, const st
   a.T = plan[0]; a.B = plan[1]; a.H = plan[2]; a.U = plan[3]; a.blocks = plan[4]; a.BC = plan[5]; a.KC = plan[6];
   if (a.T < 0 || a.B <= 0 || a.H <= 0 || a.U <= 0 || a.BC <= 0 || a.KC <= 0 || a.blocks * a.U < a.H ||
       (a.blocks - 1) * a.U >= a.H ||
-      persistent_tiles(a.BC, cell_gates(kind) * a.U) > int64_t(kPersistentTiles) * kPersistentThreads)
-    throw std::invalid_argument("rnn_persistent: inconsistent plan");
+      nthreads <= 0 || nthreads > 1024 ||
+      persistent_tiles(a.BC, cell_gates(kind) * a.U) > int64_t(kPersistentTiles) * nthreads)
+    throw std::invalid_argument("rnn_persistent: inconsistent plan for " + std::to_string(nthreads) + " threads");
   auto q = [&](int i) { return reinterpret_cast<void*>(p[i]); };
   a.reverse = reverse;
   a.gi = q(0); a.sgt = p[1]; a.sgb = p[2]; a.w = q(3); a.sw = p[4]; a.bhh = q(5);
@@ -212,10 +213,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("rnn_persistent_max_kc") = kPersistentMaxKC;
   cpu.def("rnn_persistent_emulate", [](int kind, int dtype, bool backward, const std::vector<int64_t>& plan,
                                        bool reverse, const std::vector<int64_t>& p, int nthreads) {
-    PersistentArgs a = make_persistent_args(kind, dtype, backward, plan, reverse, p);
-    if (nthreads <= 0 || nthreads > 1024 ||
-        persistent_tiles(a.BC, cell_gates(kind) * a.U) > int64_t(kPersistentTiles) * nthreads)
-      throw std::invalid_argument("rnn_persistent_emulate: the plan needs more threads per block");
+    PersistentArgs a = make_persistent_args(kind, dtype, backward, plan, reverse, p, nthreads);
     py::gil_scoped_release nogil;
     rnn_persistent_emulate_cpu(kind, dtype, a, backward, nthreads);
   });
@@ -232,7 +230,7 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_archs") = CROSSFUSE_CUDA_ARCHS;
   cuda.def("rnn_persistent", [](int kind, int dtype, bool backward, const std::vector<int64_t>& plan, bool reverse,
                                  const std::vector<int64_t>& p, uintptr_t stream) {
-    PersistentArgs a = make_persistent_args(kind, dtype, backward, plan, reverse, p);
+    PersistentArgs a = make_persistent_args(kind, dtype, backward, plan, reverse, p, kPersistentThreads);
     rnn_persistent_cuda(kind, dtype, a, backward, reinterpret_cast<cudaStream_t>(stream));
   });
   // (SMs, shared memory per block with opt-in, cooperative launch) of the current device

@@ -51,6 +51,9 @@ CF_HD int64_t persistent_tiles(int64_t rows, int64_t cols) {
   return ((rows + kTileRows - 1) / kTileRows) * ((cols + kTileCols - 1) / kTileCols);
 }
 
+// Hidden units of the block starting at unit j0: U, fewer in the last block, none past H.
+CF_HD int64_t persistent_units(int64_t H, int64_t U, int64_t j0) { return H - j0 < U ? (H - j0 > 0 ? H - j0 : 0) : U; }
+
 // Shared-memory floats of a plan (the larger of forward and backward: the same plan serves both).
 inline int64_t persistent_smem_floats(int G, int64_t H, int64_t U, int64_t BC, int64_t KC, int nthreads) {
   const int64_t rows = round_up(BC, kTileRows);
@@ -181,7 +184,7 @@ CF_DEV void persistent_forward(const PersistentArgs& a, Ctx& cx) {
   const int64_t H = a.H, B = a.B, BH = B * H, U = a.U, BC = a.BC, KC = a.KC, R = G * U, SW = persistent_stride(R),
                 SX = KC + 1;
   const int NT = cx.threads(), tid = cx.thread();
-  const int64_t j0 = cx.block() * U, nu = H - j0 < U ? (H - j0 > 0 ? H - j0 : 0) : U;
+  const int64_t j0 = cx.block() * U, nu = persistent_units(H, U, j0);
   float* Wsm = cx.shared();      // [k][r], r = g * U + u
   float* gat = Wsm + H * SW;                     // [b][r]: R.h of the batch chunk
   float* xs = gat + round_up(BC, kTileRows) * R;  // [b][k]: the staged state columns
@@ -252,7 +255,7 @@ CF_DEV void persistent_backward(const PersistentArgs& a, Ctx& cx) {
   const int64_t H = a.H, B = a.B, BH = B * H, GH = G * H, U = a.U, BC = a.BC, KC = a.KC, SW = persistent_stride(U),
                 SX = KC + 1;
   const int NT = cx.threads(), tid = cx.thread();
-  const int64_t j0 = cx.block() * U, nu = H - j0 < U ? (H - j0 > 0 ? H - j0 : 0) : U;
+  const int64_t j0 = cx.block() * U, nu = persistent_units(H, U, j0);
   float* Wsm = cx.shared();   // [r][u] = R[r][j0 + u]
   float* xs = Wsm + GH * SW;  // [b][k]: staged gate gradients
   float* red = xs + round_up(BC, kTileRows) * SX;

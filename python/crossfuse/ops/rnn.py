@@ -72,6 +72,10 @@ def _ptr(t):
     return 0 if t is None else t.data_ptr()
 
 
+def _contig(t):
+    return None if t is None else t.contiguous()
+
+
 def persistent_forward(kind, gi, w_hh, b_hh, h0, c0, lengths, reverse, hs, cs, ws, plan, run):
     """Fills hs (and cs, ws) through `run` (the CUDA launch, or its host emulation) with `plan`; hs, cs, ws
     contiguous."""
@@ -84,7 +88,7 @@ def persistent_forward(kind, gi, w_hh, b_hh, h0, c0, lengths, reverse, hs, cs, w
         st[0, 0].copy_(h0)
     if c0 is not None:
         st[1, 0].copy_(c0)
-    w_hh, b_hh = w_hh.contiguous(), None if b_hh is None else b_hh.contiguous()
+    w_hh, b_hh = w_hh.contiguous(), _contig(b_hh)
     lens = None if lengths is None else lengths.to(device=gi.device, dtype=torch.int64).contiguous()
     p = [gi.data_ptr(), gi.stride(0), gi.stride(1), w_hh.data_ptr(), w_hh.stride(0), _ptr(b_hh), _ptr(lens),
          hs.data_ptr(), _ptr(cs), _ptr(ws), st.data_ptr(), 0, 0, 0, 0, 0]
@@ -100,8 +104,7 @@ def persistent_backward(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths,
         st[0].copy_(dhT)
     if dcT is not None and kind == "lstm":
         st[2].copy_(dcT)
-    c = lambda t: None if t is None else t.contiguous()  # noqa: E731
-    w_hh, dout, h0, c0 = c(w_hh), c(dout), c(h0), c(c0)
+    w_hh, dout, h0, c0 = map(_contig, (w_hh, dout, h0, c0))
     lens = None if lengths is None else lengths.to(device=hs.device, dtype=torch.int64).contiguous()
     p = [0, 0, 0, w_hh.data_ptr(), w_hh.stride(0), 0, _ptr(lens), hs.data_ptr(), _ptr(cs), _ptr(ws), st.data_ptr(),
          _ptr(dout), _ptr(h0), _ptr(c0), dgi.data_ptr(), _ptr(dgh if kind == "gru" else None)]
@@ -135,9 +138,8 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
         return hs, cs, ws
     if cpu32:
         gi = gi.contiguous()
-        c = lambda t: None if t is None else t.contiguous()  # noqa: E731
         lens = None if lengths is None else lengths.to(torch.int64).contiguous()
-        keep = [c(w_hh), c(b_ih), c(b_hh), c(h0), c(c0), lens]  # alive until the call returns
+        keep = [*map(_contig, (w_hh, b_ih, b_hh, h0, c0)), lens]  # alive until the call returns
         _backend.ext.cpu.rnn_sequence(KINDS[kind], T, B, H, gi.data_ptr(), gi.stride(0), gi.stride(1),
                                       *map(_ptr, keep), reverse, hs.data_ptr(), _ptr(cs), _ptr(ws))
         return hs, cs, ws
@@ -166,7 +168,7 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
 def _backward_steps_cpu(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh):
     """The reverse-time loop in C++ (fp32); returns (dh0, dc0)."""
     T, B, H = hs.shape
-    c, ptr = (lambda t: None if t is None else t.contiguous()), _ptr  # noqa: E731
+    c, ptr = _contig, _ptr
     dh, dc = hs.new_empty(B, H), (hs.new_empty(B, H) if kind == "lstm" else None)
     keep = [c(dout), c(dhT), c(dcT), c(h0), c(c0), c(w_hh), c(lengths)]
     _backend.ext.cpu.rnn_sequence_backward(
