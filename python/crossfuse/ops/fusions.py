@@ -9,7 +9,7 @@ Backends: `triton` for CUDA tensors, in one of two ways by the projections' inpu
 chunks) one kernel does the grouped GEMM with the pooling in its epilogue, so the (rows, R*S) projections never
 reach memory and nothing of that size is kept for the backward, which recomputes them; above it (Mutan, MFB, MFH)
 cuBLAS's GEMMs beat that kernel (measured on an H200), so torch computes the projections and one Triton pass pools
-them (one pass back too). `cpu`: torch's GEMMs group by group, one C++ pass each way. `reference`: plain torch.
+them (one pass back too). `cpu`: crossfuse's fp32 GEMM (ops/_gemm.py) group by group, one C++ pass each way. `reference`: plain torch.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from crossfuse import _backend
+from crossfuse.ops import _gemm
 
 OP = "product_pool"
 _backend.register_op(OP, ("reference", "triton", "cpu"))
@@ -48,7 +49,7 @@ def _reps(x0, x1):
     return N, N // x0.shape[0] if x0.shape[0] else 1, N // x1.shape[0] if x1.shape[0] else 1
 
 
-# ---- the cpu path: torch's GEMMs for the projections, the pooling in one C++ pass -------------------------
+# ---- the cpu path: the C++ GEMM for the projections, the pooling in one C++ pass -------------------------
 # Group by group, like the eager loop: a (rows, R*S) buffer per group stays in the allocator's reused heap, where one
 # (G, rows, R*S) buffer (over glibc's 32 MB mmap limit at these sizes) would be page-faulted in afresh every call.
 def _f32(t):
@@ -75,7 +76,7 @@ def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu, ke
     z = torch.empty((N, P * G * S), dtype=torch.float32, device=x0.device)
     us = []
     for g in range(G):
-        ug = [torch.mm(xs[k % 2][:, g * w.shape[2]:(g + 1) * w.shape[2]], w[g].t()) for k, w in enumerate(ws[:2 * P])]
+        ug = [_gemm.mm(xs[k % 2][:, g * w.shape[2]:(g + 1) * w.shape[2]], w[g].t()) for k, w in enumerate(ws[:2 * P])]
         p = [_ptr(u) for u in ug] + [0] * (4 - len(ug)) + [z.data_ptr() + 4 * g * S, 0, 0, 0, 0, 0] + \
             [0 if b is None else b[g].data_ptr() for b in bs]
         _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, False, P * G * S, G * S, p)
@@ -112,9 +113,9 @@ def _backward_cpu(dz, us, tensors, R, rank_major, relu, needs):
             K = ws[k].shape[2]
             cols = slice(g * K, (g + 1) * K)
             if grads[side] is not None:
-                grads[side][:, cols].addmm_(du, ws[k][g])
+                _gemm.mm(du, ws[k][g], out=grads[side][:, cols], beta=1.0)
             if grads[wi] is not None:
-                torch.mm(du.t(), xs[side][:, cols], out=grads[wi][g])
+                _gemm.mm(du.t(), xs[side][:, cols], out=grads[wi][g])
             if grads[bi] is not None:
                 torch.sum(du, 0, out=grads[bi][g])
     return grads

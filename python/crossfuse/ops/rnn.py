@@ -17,6 +17,7 @@ import os
 import torch
 
 from crossfuse import _backend
+from crossfuse.ops import _gemm
 from crossfuse.ops._cell import BACKENDS, GATES, KINDS, run_kernel
 
 OPS = ("rnn", "lstm", "gru")
@@ -124,7 +125,7 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
     coop = _persistent_for(backend, kind, B, H, x)
     cpu32 = coop is None and backend == "cpu" and x.dtype == torch.float32
     if cpu32:  # on CPU a GEMM with a bias first copies it into every row of gi: the recurrence adds b_ih instead
-        gi = torch.mm(x.reshape(T * B, I), w_ih.t()).view(T, B, w_ih.shape[0])
+        gi = _gemm.mm(x.reshape(T * B, I), w_ih.t()).view(T, B, w_ih.shape[0])
     else:
         gi = torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H), b_ih folded in
     new = _backend.empty
@@ -237,9 +238,9 @@ def layer_backward(kind, backend, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs,
         dh, dc = _backward_steps(kind, backend, dout, dhT, dcT, hprev, c0, w_hh, hs, cs, ws, lengths, reverse,
                                  dgi, dgh)
     flat = lambda t: t.reshape(T * B, -1)  # noqa: E731
-    dx = torch.mm(flat(dgi), w_ih).view(T, B, -1) if need[0] else None
-    dw_ih = torch.mm(flat(dgi).t(), flat(x)) if need[3] else None
-    dw_hh = torch.mm(flat(dgh).t(), flat(hprev)) if need[4] else None
+    dx = _gemm.mm(flat(dgi), w_ih).view(T, B, -1) if need[0] else None
+    dw_ih = _gemm.mm(flat(dgi).t(), flat(x)) if need[3] else None
+    dw_hh = _gemm.mm(flat(dgh).t(), flat(hprev)) if need[4] else None
     db_ih = dgi.sum((0, 1)) if need[5] else None
     db_hh = dgh.sum((0, 1)) if need[6] else None
     return dx, dh if need[1] else None, dc if need[2] else None, dw_ih, dw_hh, db_ih, db_hh

@@ -1,0 +1,283 @@
+// fp32 GEMM (crossfuse/gemm_cpu.h): the BLIS loop nest. B is packed in KC x NC blocks of 16-column panels,
+// A in MC x KC blocks of 6-row panels, and a 6x16 register tile (12 accumulators, two B vectors, one A
+// broadcast: 15 of the 16 ymm registers) runs over each pair of panels. Threads take disjoint slices of C
+// (columns when there are more column panels than row panels, else rows), each with its own packing.
+#include "crossfuse/gemm_cpu.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "crossfuse/common.h"
+#if CF_X86_CLONES
+#include <immintrin.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace crossfuse {
+namespace {
+
+constexpr int MR = 6, NR = 16;
+#ifndef CF_GEMM_KC
+#define CF_GEMM_KC 256
+#endif
+#ifndef CF_GEMM_MC
+#define CF_GEMM_MC 96
+#endif
+#ifndef CF_GEMM_NC
+#define CF_GEMM_NC 2048
+#endif
+constexpr int64_t KC = CF_GEMM_KC;  // a 16 x KC B panel (16 KB) stays in L1 across the A panels
+constexpr int64_t MC = CF_GEMM_MC;  // an MC x KC A block (96 KB) stays in L2 across the B panels
+constexpr int64_t NC = CF_GEMM_NC;  // a KC x NC B block (2 MB) in L3
+static_assert(MC % MR == 0 && NC % NR == 0, "blocks are whole panels");
+
+struct Job {
+  int64_t K;
+  float alpha, beta;
+  const float* A;
+  int64_t rsa, csa;
+  const float* B;
+  int64_t rsb, csb;
+  float* C;
+  int64_t ldc;
+  bool v3;  // the AVX2 + FMA kernels
+};
+
+// C tile (m x n of MR x NR) = alpha * acc + beta * C; beta == 0 leaves C unread.
+inline void store_tile(const float* acc, float* C, int64_t ldc, int64_t m, int64_t n, float alpha, float beta) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = alpha * acc[i * NR + j];
+      C[i * ldc + j] = beta == 0.f ? v : v + beta * C[i * ldc + j];
+    }
+}
+
+void kernel_generic(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t m, int64_t n,
+                    float alpha, float beta) {
+  float acc[MR * NR] = {};
+  for (int64_t k = 0; k < kc; ++k)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i * NR + j] += Ap[k * MR + i] * Bp[k * NR + j];
+  store_tile(acc, C, ldc, m, n, alpha, beta);
+}
+
+#if CF_X86_CLONES
+// Twelve named accumulators: an array of them is kept on the stack (its address escapes to the edge-tile
+// store), which costs a store per FMA pair.
+__attribute__((target("arch=x86-64-v3"))) void kernel_v3(int64_t kc, const float* Ap, const float* Bp, float* C,
+                                                         int64_t ldc, int64_t m, int64_t n, float alpha,
+                                                         float beta) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+         c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_load_ps(Bp + k * NR), b1 = _mm256_load_ps(Bp + k * NR + 8);
+    const float* a = Ap + k * MR;
+    __m256 v = _mm256_broadcast_ss(a);
+    c00 = _mm256_fmadd_ps(v, b0, c00);
+    c01 = _mm256_fmadd_ps(v, b1, c01);
+    v = _mm256_broadcast_ss(a + 1);
+    c10 = _mm256_fmadd_ps(v, b0, c10);
+    c11 = _mm256_fmadd_ps(v, b1, c11);
+    v = _mm256_broadcast_ss(a + 2);
+    c20 = _mm256_fmadd_ps(v, b0, c20);
+    c21 = _mm256_fmadd_ps(v, b1, c21);
+    v = _mm256_broadcast_ss(a + 3);
+    c30 = _mm256_fmadd_ps(v, b0, c30);
+    c31 = _mm256_fmadd_ps(v, b1, c31);
+    v = _mm256_broadcast_ss(a + 4);
+    c40 = _mm256_fmadd_ps(v, b0, c40);
+    c41 = _mm256_fmadd_ps(v, b1, c41);
+    v = _mm256_broadcast_ss(a + 5);
+    c50 = _mm256_fmadd_ps(v, b0, c50);
+    c51 = _mm256_fmadd_ps(v, b1, c51);
+  }
+  const __m256 c[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  if (m == MR && n == NR) {
+    for (int i = 0; i < MR; ++i) {
+      float* row = C + i * ldc;
+      __m256 r0 = _mm256_mul_ps(va, c[i][0]), r1 = _mm256_mul_ps(va, c[i][1]);
+      if (beta != 0.f) {
+        r0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row), r0);
+        r1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row + 8), r1);
+      }
+      _mm256_storeu_ps(row, r0);
+      _mm256_storeu_ps(row + 8, r1);
+    }
+    return;
+  }
+  alignas(32) float acc[MR * NR];
+  for (int i = 0; i < MR; ++i) {
+    _mm256_store_ps(acc + i * NR, c[i][0]);
+    _mm256_store_ps(acc + i * NR + 8, c[i][1]);
+  }
+  store_tile(acc, C, ldc, m, n, alpha, beta);
+}
+
+// pack_b's transposed case (columns contiguous along k, csb > 1, rsb == 1) for a full panel: 8x8 blocks
+// transposed in registers, where the scalar loop stores one float at a time.
+__attribute__((target("arch=x86-64-v3"))) void pack_b_t_v3(const float* src, int64_t csb, int64_t kc, float* dst) {
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    for (int half = 0; half < 2; ++half) {
+      const float* s = src + half * 8 * csb + k;
+      __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + csb), r2 = _mm256_loadu_ps(s + 2 * csb),
+             r3 = _mm256_loadu_ps(s + 3 * csb), r4 = _mm256_loadu_ps(s + 4 * csb), r5 = _mm256_loadu_ps(s + 5 * csb),
+             r6 = _mm256_loadu_ps(s + 6 * csb), r7 = _mm256_loadu_ps(s + 7 * csb);
+      __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+             t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+             t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+      r0 = _mm256_shuffle_ps(t0, t2, 0x44);
+      r1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      r2 = _mm256_shuffle_ps(t1, t3, 0x44);
+      r3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      r4 = _mm256_shuffle_ps(t4, t6, 0x44);
+      r5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      r6 = _mm256_shuffle_ps(t5, t7, 0x44);
+      r7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      float* d = dst + k * NR + half * 8;
+      _mm256_store_ps(d + 0 * NR, _mm256_permute2f128_ps(r0, r4, 0x20));
+      _mm256_store_ps(d + 1 * NR, _mm256_permute2f128_ps(r1, r5, 0x20));
+      _mm256_store_ps(d + 2 * NR, _mm256_permute2f128_ps(r2, r6, 0x20));
+      _mm256_store_ps(d + 3 * NR, _mm256_permute2f128_ps(r3, r7, 0x20));
+      _mm256_store_ps(d + 4 * NR, _mm256_permute2f128_ps(r0, r4, 0x31));
+      _mm256_store_ps(d + 5 * NR, _mm256_permute2f128_ps(r1, r5, 0x31));
+      _mm256_store_ps(d + 6 * NR, _mm256_permute2f128_ps(r2, r6, 0x31));
+      _mm256_store_ps(d + 7 * NR, _mm256_permute2f128_ps(r3, r7, 0x31));
+    }
+  }
+  for (; k < kc; ++k)
+    for (int j = 0; j < NR; ++j) dst[k * NR + j] = src[j * csb + k];
+}
+
+bool has_v3() {
+  static const bool v3 = __builtin_cpu_supports("x86-64-v3");
+  return v3;
+}
+#endif
+
+// Ap[panel][k][i] for rows [0, mc) (zero past mc) and depths [0, kc) of A (already offset).
+void pack_a(const float* A, int64_t rsa, int64_t csa, int64_t mc, int64_t kc, float* Ap) {
+  for (int64_t ir = 0; ir < mc; ir += MR) {
+    const int64_t m = std::min<int64_t>(MR, mc - ir);
+    float* dst = Ap + ir * kc;
+    const float* src = A + ir * rsa;
+    if (m == MR && csa == 1) {  // rows read along k, one stream each
+      for (int i = 0; i < MR; ++i)
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = src[i * rsa + k];
+      continue;
+    }
+    for (int64_t k = 0; k < kc; ++k) {
+      int64_t i = 0;
+      for (; i < m; ++i) dst[k * MR + i] = src[i * rsa + k * csa];
+      for (; i < MR; ++i) dst[k * MR + i] = 0.f;
+    }
+  }
+}
+
+// Bp[panel][k][j] for columns [0, nc) (zero past nc) and depths [0, kc) of B (already offset).
+void pack_b(const float* B, int64_t rsb, int64_t csb, int64_t kc, int64_t nc, float* Bp, bool v3) {
+  for (int64_t jr = 0; jr < nc; jr += NR) {
+    const int64_t n = std::min<int64_t>(NR, nc - jr);
+    float* dst = Bp + jr * kc;
+    const float* src = B + jr * csb;
+    if (csb == 1 && n == NR) {  // a fixed-size copy: no memcpy call per 64 bytes
+      for (int64_t k = 0; k < kc; ++k)
+        for (int j = 0; j < NR; ++j) dst[k * NR + j] = src[k * rsb + j];
+    } else if (csb == 1) {
+      for (int64_t k = 0; k < kc; ++k) {
+        std::memcpy(dst + k * NR, src + k * rsb, sizeof(float) * n);
+        std::fill(dst + k * NR + n, dst + (k + 1) * NR, 0.f);
+      }
+#if CF_X86_CLONES
+    } else if (rsb == 1 && n == NR && v3) {
+      pack_b_t_v3(src, csb, kc, dst);
+#endif
+    } else {  // a transposed B: read each column along k (contiguous when rsb == 1), write strided into L1
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = src[k * rsb + j * csb];
+      for (int64_t j = n; j < NR; ++j)
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = 0.f;
+    }
+  }
+}
+
+// 64-byte aligned scratch, grown as needed, one per thread.
+float* scratch(std::vector<float>& buf, int64_t n) {
+  if (int64_t(buf.size()) < n + 16) buf.resize(n + 16);
+  auto p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+}
+
+// C[m0:m1, n0:n1] on one thread.
+void gemm_slice(const Job& j, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  thread_local std::vector<float> abuf, bbuf;
+  float* Ap = scratch(abuf, MC * KC);
+  float* Bp = scratch(bbuf, KC * NC);
+  const bool v3 = j.v3;
+#if CF_X86_CLONES
+  auto kernel = v3 ? kernel_v3 : kernel_generic;
+#else
+  auto kernel = kernel_generic;
+#endif
+  for (int64_t jc = n0; jc < n1; jc += NC) {
+    const int64_t nc = std::min(NC, n1 - jc);
+    for (int64_t pc = 0; pc < j.K; pc += KC) {
+      const int64_t kc = std::min(KC, j.K - pc);
+      const float beta = pc == 0 ? j.beta : 1.f;
+      pack_b(j.B + pc * j.rsb + jc * j.csb, j.rsb, j.csb, kc, nc, Bp, v3);
+      for (int64_t ic = m0; ic < m1; ic += MC) {
+        const int64_t mc = std::min(MC, m1 - ic);
+        pack_a(j.A + ic * j.rsa + pc * j.csa, j.rsa, j.csa, mc, kc, Ap);
+        for (int64_t jr = 0; jr < nc; jr += NR)
+          for (int64_t ir = 0; ir < mc; ir += MR)
+            kernel(kc, Ap + ir * kc, Bp + jr * kc, j.C + (ic + ir) * j.ldc + jc + jr, j.ldc,
+                   std::min<int64_t>(MR, mc - ir), std::min<int64_t>(NR, nc - jr), j.alpha, beta);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void sgemm_cpu(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t rsa, int64_t csa,
+               const float* B, int64_t rsb, int64_t csb, float beta, float* C, int64_t ldc, int nthreads,
+               bool generic) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.f) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t jj = 0; jj < N; ++jj) C[i * ldc + jj] = beta == 0.f ? 0.f : beta * C[i * ldc + jj];
+    return;
+  }
+#if CF_X86_CLONES
+  const bool v3 = !generic && has_v3();
+#else
+  const bool v3 = false;
+#endif
+  const Job job{K, alpha, beta, A, rsa, csa, B, rsb, csb, C, ldc, v3};
+  int nt = 1;
+#if defined(_OPENMP)
+  nt = nthreads > 0 ? nthreads : omp_get_max_threads();
+#endif
+  const int64_t mp = (M + MR - 1) / MR, np = (N + NR - 1) / NR;
+  const bool by_cols = np >= mp;
+  nt = int(std::min<int64_t>({int64_t(nt), by_cols ? np : mp, std::max<int64_t>(1, M * N * K >> 18)}));
+  if (nt <= 1) return gemm_slice(job, 0, M, 0, N);
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt)
+  {
+    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    const int64_t panels = by_cols ? np : mp, lo = panels * t / n, hi = panels * (t + 1) / n;
+    if (by_cols)
+      gemm_slice(job, 0, M, lo * NR, std::min(N, hi * NR));
+    else
+      gemm_slice(job, lo * MR, std::min(M, hi * MR), 0, N);
+  }
+#endif
+}
+
+}  // namespace crossfuse

@@ -1,0 +1,88 @@
+"""The cpu backend's fp32 GEMM (csrc/cpu/gemm.cpp, crossfuse.ops._gemm.mm) against float64 under the tolerance
+rule: every operand layout, edge tiles, several cache blocks, both thread splits, the baseline kernels."""
+import pytest
+import torch
+
+from crossfuse import _backend
+from crossfuse.ops import _gemm
+from harness import assert_within_rule
+
+ext = _backend.ext
+# (M, K, N): empty, single, odd and prime sizes, and ones past a cache block in each dimension (KC 256,
+# MC 96, NC 2048) with edge tiles (MR 6, NR 16).
+SHAPES = [(0, 5, 7), (16, 0, 7), (16, 7, 0), (1, 1, 1), (16, 1, 1), (17, 63, 113), (23, 257, 37), (97, 300, 50),
+          (20, 40, 2100), (257, 7, 3)]
+
+
+def _operand(rows, cols, layout):
+    """(rows, cols) fp32 with the given layout; the gaps of a strided view hold NaN (read = NaN result)."""
+    if layout == "rows":
+        return torch.randn(rows, cols)
+    if layout == "cols":
+        return torch.randn(cols, rows).t()
+    buf = torch.full((rows, 2 * cols + 1), float("nan"))
+    view = buf[:, 1::2][:, :cols]
+    view.copy_(torch.randn(rows, cols))
+    return view
+
+
+def _expected(a, b, c, beta):
+    ref = a.double() @ b.double()
+    low = a @ b
+    if beta:
+        ref = ref + beta * c.double()
+        low = low + beta * c
+    return ref, low
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+@pytest.mark.parametrize("la,lb", [("rows", "rows"), ("rows", "cols"), ("cols", "rows"), ("strided", "strided")])
+def test_mm_against_float64(M, K, N, la, lb):
+    a, b = _operand(M, K, la), _operand(K, N, lb)
+    ref, low = _expected(a, b, None, 0.0)
+    out = _gemm.mm(a, b)  # a NaN-filled output (tests): beta == 0 must not read it
+    assert_within_rule("a @ b", out, low, ref, torch.float32)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+@pytest.mark.parametrize("M,K,N", [(17, 63, 113), (97, 300, 50), (0, 3, 4), (16, 0, 4)])
+def test_mm_accumulates_into_a_strided_output(M, K, N, beta):
+    a, b = torch.randn(M, K), torch.randn(K, N)
+    buf = torch.full((M, N + 5), float("nan"))
+    out = buf[:, 2:2 + N]  # row stride N + 5: the columns around it must stay untouched
+    out.copy_(torch.randn(M, N))
+    c = out.clone()
+    ref, low = _expected(a, b, c, beta)
+    assert _gemm.mm(a, b, out=out, beta=beta) is out
+    assert_within_rule("a @ b + beta c", out, low, ref, torch.float32)
+    assert torch.isnan(buf[:, :2]).all() and torch.isnan(buf[:, 2 + N:]).all()
+
+
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("generic", [False, True], ids=["avx2", "baseline"])
+@pytest.mark.parametrize("M,K,N", [(300, 70, 40), (30, 70, 400), (5, 300, 2100)], ids=["rows", "cols", "blocks"])
+def test_thread_splits_and_baseline_kernels(M, K, N, nthreads, generic):
+    """Rows split when there are more row panels than column panels, columns otherwise; the baseline kernels
+    are the ones machines without AVX2 and FMA run."""
+    a, b = torch.randn(K, M).t(), torch.randn(N, K).t()
+    out = torch.full((M, N), float("nan"))
+    ext.cpu.sgemm(M, N, K, 1.0, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
+                  0.0, out.data_ptr(), out.stride(0), nthreads, generic)
+    ref, low = _expected(a, b, None, 0.0)
+    assert_within_rule("a @ b", out, low, ref, torch.float32)
+
+
+def test_outside_its_cover_torch_computes_it():
+    a, b = torch.randn(5, 7, dtype=torch.bfloat16), torch.randn(7, 3, dtype=torch.bfloat16)
+    torch.testing.assert_close(_gemm.mm(a, b), a @ b, rtol=0, atol=0)
+    out = torch.zeros(3, 5).t()  # no unit column stride
+    a, b = torch.randn(5, 7), torch.randn(7, 3)
+    _gemm.mm(a, b, out=out)
+    torch.testing.assert_close(out, a @ b)
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="negative size"):
+        ext.cpu.sgemm(-1, 2, 2, 1.0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0)
+    with pytest.raises(ValueError, match="missing pointer"):
+        ext.cpu.sgemm(2, 2, 2, 1.0, 0, 2, 1, 0, 2, 1, 0.0, 0, 2)
