@@ -15,6 +15,14 @@ timeout 200 $PY -m pip install --no-build-isolation --no-deps -q -C cmake.define
   >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
 echo "built in $(( $(date +%s) - start )) s"
 cd /tmp && $PY -m crossfuse info 2>&1 | tee "$OUT/info.txt"; cd - >/dev/null
+# The cuda backend's cooperative recurrence first ran untested on a GPU: a short smoke run (LSTM and GRU, forward
+# and backward against the reference) so that a hang costs 60 s, not the test budget. If it fails, the rest runs
+# with the kernel switched off (its own gpu tests then fail and say so).
+if ! timeout 60 $PY benchmarks/smoke_persistent.py >"$OUT/persistent_smoke.log" 2>&1; then
+  echo "cooperative recurrence smoke run FAILED: the rest runs with CROSSFUSE_CUDA_PERSISTENT=0"
+  export CROSSFUSE_CUDA_PERSISTENT=0
+fi
+tail -4 "$OUT/persistent_smoke.log"
 # Tests import the installed package, not the source tree (the compiled _C lives there).
 xdist=""; $PY -c "import xdist" 2>/dev/null && xdist="-n 8"
 timeout "${TEST_S:-210}" $PY -m pytest -q -ra -m gpu -p no:cacheprovider $xdist ${TESTS:-tests} \

@@ -62,3 +62,25 @@ def test_info_command():
     for needle in ("crossfuse 0.1.0", "torch", "triton", "extension crossfuse._C loaded", "CUDA archs 80,90",
                    "GPU", "lstm_cell", "rnn_cell", "gru_cell"):
         assert needle in out, (needle, out)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_kernels_launch_on_the_current_stream(backend):
+    """A side stream sleeps, then writes the inputs: a kernel launched on another stream would read them unwritten
+    and disagree with the default stream's result."""
+    torch.manual_seed(0)
+    cell = crossfuse.nn.LSTMCell(16, 32, device="cuda", backend=backend)
+    layer = crossfuse.nn.LSTM(16, 32, device="cuda", backend=backend)
+    x, seq = torch.randn(4, 16, device="cuda"), torch.randn(7, 4, 16, device="cuda")
+    with torch.no_grad():
+        want = cell(x), layer(seq)[0]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(20_000_000)
+            got = cell(x * 1), layer(seq * 1)[0]
+        torch.cuda.current_stream().wait_stream(side)
+    for g, w in zip(got, want):
+        for a, b in zip(g if isinstance(g, tuple) else (g,), w if isinstance(w, tuple) else (w,)):
+            torch.testing.assert_close(a, b)
