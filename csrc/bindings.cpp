@@ -181,18 +181,19 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     product_pool_cpu(a, backward);
   });
-  // fp32 C = alpha A B + beta C (crossfuse/gemm_cpu.h): sizes, then each operand's pointer and strides in elements.
+  // fp32 C = alpha A B + beta C (+ bias per column) (crossfuse/gemm_cpu.h): sizes, then each operand's pointer and
+  // strides in elements, the bias pointer (0 = none).
   cpu.def("sgemm", [](int64_t M, int64_t N, int64_t K, float alpha, uintptr_t A, int64_t rsa, int64_t csa,
-                      uintptr_t B, int64_t rsb, int64_t csb, float beta, uintptr_t C, int64_t ldc, int nthreads,
-                      bool generic) {
+                      uintptr_t B, int64_t rsb, int64_t csb, float beta, uintptr_t C, int64_t ldc, uintptr_t bias,
+                      int nthreads, bool generic) {
     if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("sgemm: negative size");
     if (M * N == 0) return;
     if (!C || (K > 0 && (!A || !B))) throw std::invalid_argument("sgemm: missing pointer");
     py::gil_scoped_release nogil;
     sgemm_cpu(M, N, K, alpha, reinterpret_cast<const float*>(A), rsa, csa, reinterpret_cast<const float*>(B), rsb,
-              csb, beta, reinterpret_cast<float*>(C), ldc, nthreads, generic);
+              csb, beta, reinterpret_cast<float*>(C), ldc, reinterpret_cast<const float*>(bias), nthreads, generic);
   }, py::arg("M"), py::arg("N"), py::arg("K"), py::arg("alpha"), py::arg("A"), py::arg("rsa"), py::arg("csa"),
-     py::arg("B"), py::arg("rsb"), py::arg("csb"), py::arg("beta"), py::arg("C"), py::arg("ldc"),
+     py::arg("B"), py::arg("rsb"), py::arg("csb"), py::arg("beta"), py::arg("C"), py::arg("ldc"), py::arg("bias") = 0,
      py::arg("nthreads") = 0, py::arg("generic") = false);
   // Its backward: pointers as named in crossfuse/rnn_cpu.h SeqBwdArgs, all fp32 and contiguous, 0 = absent.
   cpu.def("rnn_sequence_backward", [](int kind, int64_t T, int64_t B, int64_t H, uintptr_t dout, uintptr_t dhT,

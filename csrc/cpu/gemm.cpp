@@ -43,25 +43,28 @@ struct Job {
   int64_t rsb, csb;
   float* C;
   int64_t ldc;
-  bool v3;  // the AVX2 + FMA kernels
+  const float* bias;  // added to every row of C, or null
+  bool v3;            // the AVX2 + FMA kernels
 };
 
-// C tile (m x n of MR x NR) = alpha * acc + beta * C; beta == 0 leaves C unread.
-inline void store_tile(const float* acc, float* C, int64_t ldc, int64_t m, int64_t n, float alpha, float beta) {
+// C tile (m x n of MR x NR) = alpha * acc + beta * C (+ bias); beta == 0 leaves C unread.
+inline void store_tile(const float* acc, float* C, int64_t ldc, int64_t m, int64_t n, float alpha, float beta,
+                       const float* bias) {
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < n; ++j) {
-      const float v = alpha * acc[i * NR + j];
+      float v = alpha * acc[i * NR + j];
+      if (bias) v += bias[j];
       C[i * ldc + j] = beta == 0.f ? v : v + beta * C[i * ldc + j];
     }
 }
 
 void kernel_generic(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t m, int64_t n,
-                    float alpha, float beta) {
+                    float alpha, float beta, const float* bias) {
   float acc[MR * NR] = {};
   for (int64_t k = 0; k < kc; ++k)
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) acc[i * NR + j] += Ap[k * MR + i] * Bp[k * NR + j];
-  store_tile(acc, C, ldc, m, n, alpha, beta);
+  store_tile(acc, C, ldc, m, n, alpha, beta, bias);
 }
 
 #if CF_X86_CLONES
@@ -69,7 +72,7 @@ void kernel_generic(int64_t kc, const float* Ap, const float* Bp, float* C, int6
 // store), which costs a store per FMA pair.
 __attribute__((target("arch=x86-64-v3"))) void kernel_v3(int64_t kc, const float* Ap, const float* Bp, float* C,
                                                          int64_t ldc, int64_t m, int64_t n, float alpha,
-                                                         float beta) {
+                                                         float beta, const float* bias) {
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
          c40 = c00, c41 = c00, c50 = c00, c51 = c00;
 #pragma GCC unroll 4
@@ -98,9 +101,11 @@ __attribute__((target("arch=x86-64-v3"))) void kernel_v3(int64_t kc, const float
   const __m256 c[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
   const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
   if (m == MR && n == NR) {
+    const __m256 z = _mm256_setzero_ps(), b0 = bias ? _mm256_loadu_ps(bias) : z,
+                 b1 = bias ? _mm256_loadu_ps(bias + 8) : z;
     for (int i = 0; i < MR; ++i) {
       float* row = C + i * ldc;
-      __m256 r0 = _mm256_mul_ps(va, c[i][0]), r1 = _mm256_mul_ps(va, c[i][1]);
+      __m256 r0 = _mm256_fmadd_ps(va, c[i][0], b0), r1 = _mm256_fmadd_ps(va, c[i][1], b1);
       if (beta != 0.f) {
         r0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row), r0);
         r1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(row + 8), r1);
@@ -115,7 +120,7 @@ __attribute__((target("arch=x86-64-v3"))) void kernel_v3(int64_t kc, const float
     _mm256_store_ps(acc + i * NR, c[i][0]);
     _mm256_store_ps(acc + i * NR + 8, c[i][1]);
   }
-  store_tile(acc, C, ldc, m, n, alpha, beta);
+  store_tile(acc, C, ldc, m, n, alpha, beta, bias);
 }
 
 // pack_b's transposed case (columns contiguous along k, csb > 1, rsb == 1) for a full panel: 8x8 blocks
@@ -229,6 +234,7 @@ void gemm_slice(const Job& j, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     for (int64_t pc = 0; pc < j.K; pc += KC) {
       const int64_t kc = std::min(KC, j.K - pc);
       const float beta = pc == 0 ? j.beta : 1.f;
+      const float* bias = pc == 0 && j.bias ? j.bias + jc : nullptr;  // once, with the first depth block
       pack_b(j.B + pc * j.rsb + jc * j.csb, j.rsb, j.csb, kc, nc, Bp, v3);
       for (int64_t ic = m0; ic < m1; ic += MC) {
         const int64_t mc = std::min(MC, m1 - ic);
@@ -236,7 +242,8 @@ void gemm_slice(const Job& j, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
         for (int64_t jr = 0; jr < nc; jr += NR)
           for (int64_t ir = 0; ir < mc; ir += MR)
             kernel(kc, Ap + ir * kc, Bp + jr * kc, j.C + (ic + ir) * j.ldc + jc + jr, j.ldc,
-                   std::min<int64_t>(MR, mc - ir), std::min<int64_t>(NR, nc - jr), j.alpha, beta);
+                   std::min<int64_t>(MR, mc - ir), std::min<int64_t>(NR, nc - jr), j.alpha, beta,
+                   bias ? bias + jr : nullptr);
       }
     }
   }
@@ -245,12 +252,13 @@ void gemm_slice(const Job& j, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
 }  // namespace
 
 void sgemm_cpu(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t rsa, int64_t csa,
-               const float* B, int64_t rsb, int64_t csb, float beta, float* C, int64_t ldc, int nthreads,
-               bool generic) {
+               const float* B, int64_t rsb, int64_t csb, float beta, float* C, int64_t ldc, const float* bias,
+               int nthreads, bool generic) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.f) {
     for (int64_t i = 0; i < M; ++i)
-      for (int64_t jj = 0; jj < N; ++jj) C[i * ldc + jj] = beta == 0.f ? 0.f : beta * C[i * ldc + jj];
+      for (int64_t jj = 0; jj < N; ++jj)
+        C[i * ldc + jj] = (beta == 0.f ? 0.f : beta * C[i * ldc + jj]) + (bias ? bias[jj] : 0.f);
     return;
   }
 #if CF_X86_CLONES
@@ -258,7 +266,7 @@ void sgemm_cpu(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int
 #else
   const bool v3 = false;
 #endif
-  const Job job{K, alpha, beta, A, rsa, csa, B, rsb, csb, C, ldc, v3};
+  const Job job{K, alpha, beta, A, rsa, csa, B, rsb, csb, C, ldc, bias, v3};
   int nt = 1;
 #if defined(_OPENMP)
   nt = nthreads > 0 ? nthreads : omp_get_max_threads();

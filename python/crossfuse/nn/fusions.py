@@ -5,7 +5,8 @@ The constructors take block.bootstrap's argument names and defaults (input_dims,
 factor, shared, normalize, activ_input, activ_output, dropout_*), and the parameter names match its modules'
 (linear0, linear1, merge_linears0.<c>, linear_out, ...), so its checkpoints load. GMU, FiLM and GatedTanh follow
 their papers. The product-pool core of Block, Mutan, MFB and MFH runs on crossfuse.ops.product_pool (one fused
-kernel on a GPU); dropout inside that core (MFB's, MFH's) runs the plain PyTorch math while training.
+kernel on a GPU); dropout inside that core (MFB's, MFH's) runs the plain PyTorch math while training. Where that op
+runs on the cpu backend, the torch.nn.Linear projections around it run on the same C++ GEMM (ops/_gemm.linear).
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossfuse.ops.fusions import broadcast_lead, compact_bilinear_pooling, product_pool, signed_sqrt_normalize
+from crossfuse import _backend
+from crossfuse.ops import _gemm
+from crossfuse.ops.fusions import OP, broadcast_lead, compact_bilinear_pooling, product_pool, signed_sqrt_normalize
 
 __all__ = ["LinearSum", "ConcatMLP", "MLB", "MFB", "MFH", "Mutan", "Tucker", "Block", "BlockTucker", "MCB", "GMU",
            "FiLM", "GatedTanh", "chunk_sizes"]
@@ -71,6 +74,19 @@ def _inputs(cls, x, input_dims):
     return x0, x1
 
 
+def _linear(module, x):
+    """module(x) for the fusions' torch.nn.Linear layers; where the product pool runs on the cpu backend, on its C++
+    GEMM (ops/_gemm.linear) instead, unless hooks or a subclass would see the difference."""
+    if (type(module) is not nn.Linear or module._forward_hooks or module._forward_pre_hooks
+            or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks):
+        return module(x)
+    try:
+        cpu = _backend.choose(OP, x.device) == "cpu"
+    except RuntimeError:  # a backend product_pool lacks (GMU, FiLM, GatedTanh have no pool): plain torch
+        cpu = False
+    return _gemm.linear(x, module.weight, module.bias) if cpu else module(x)
+
+
 def _dropout(module, z, p):
     return F.dropout(z, p=p, training=module.training) if p > 0 else z
 
@@ -90,7 +106,7 @@ class _Fusion(nn.Module):
     def _finish(self, z):
         """dropout_pre_lin, linear_out, activ_output, dropout_output."""
         z = _dropout(self, z, getattr(self, "dropout_pre_lin", 0.0))
-        z = self.linear_out(z)
+        z = _linear(self.linear_out, z)
         act = getattr(self, "_activ_output", None)
         if act is not None:
             z = act(z)
@@ -118,7 +134,7 @@ class _Elementwise(_Fusion):
 
     def forward(self, x):
         x0, x1 = self._x(x)
-        x0, x1 = self.linear0(x0), self.linear1(x1)
+        x0, x1 = _linear(self.linear0, x0), _linear(self.linear1, x1)
         if self._activ_input is not None:
             x0, x1 = self._activ_input(x0), self._activ_input(x1)
         x0, x1 = _dropout(self, x0, self.dropout_input), _dropout(self, x1, self.dropout_input)
@@ -188,7 +204,7 @@ class Mutan(_Fusion):
 
     def forward(self, x):
         x0, x1 = self._x(x)
-        x0, x1 = self.linear0(x0), self.linear1(x1)
+        x0, x1 = _linear(self.linear0, x0), _linear(self.linear1, x1)
         x0, x1 = _dropout(self, x0, self.dropout_input), _dropout(self, x1, self.dropout_input)
         m0, m1 = self.merge_linear0, self.merge_linear1
         z = product_pool(x0, x1, m0.weight.unsqueeze(0), m1.weight.unsqueeze(0), m0.bias.unsqueeze(0),
@@ -237,7 +253,7 @@ class Block(_Fusion):
 
     def forward(self, x):
         x0, x1 = self._x(x)
-        x0, x1 = self.linear0(x0), self.linear1(x1)
+        x0, x1 = _linear(self.linear0, x0), _linear(self.linear1, x1)
         x0, x1 = _dropout(self, x0, self.dropout_input), _dropout(self, x1, self.dropout_input)
         w0, b0 = self._stacked(self.merge_linears0)
         w1, b1 = (w0, b0) if self.shared else self._stacked(self.merge_linears1)
@@ -324,7 +340,7 @@ class MFH(MFB):
             z0, z1 = signed_sqrt_normalize(z0), signed_sqrt_normalize(z1)
         z = torch.cat([z0, z1], -1)
         # MFH has no dropout before linear_out beyond the ones inside the stages
-        z = self.linear_out(z)
+        z = _linear(self.linear_out, z)
         if self._activ_output is not None:
             z = self._activ_output(z)
         return _dropout(self, z, self.dropout_output)
@@ -345,7 +361,7 @@ class Tucker(_Fusion):
 
     def forward(self, x):
         x0, x1 = self._x(x)
-        x0, x1 = self.linear0(x0), self.linear1(x1)
+        x0, x1 = _linear(self.linear0, x0), _linear(self.linear1, x1)
         x0, x1 = _dropout(self, x0, self.dropout_input), _dropout(self, x1, self.dropout_input)
         z = _bilinear(x0, x1, self.bilinear.weight.unsqueeze(0), self.bilinear.bias)
         if self.normalize:
@@ -382,7 +398,7 @@ class BlockTucker(_Fusion):
 
     def forward(self, x):
         x0, x1 = self._x(x)
-        x0, x1 = self.linear0(x0), self.linear1(x1)
+        x0, x1 = _linear(self.linear0, x0), _linear(self.linear1, x1)
         x0, x1 = _dropout(self, x0, self.dropout_input), _dropout(self, x1, self.dropout_input)
         if all(s == self.sizes_list[0] for s in self.sizes_list):
             w = torch.stack([m.weight for m in self.bilinears])
@@ -437,7 +453,7 @@ class GMU(_Fusion):
 
     def forward(self, x):
         x0, x1 = self._x(x)
-        h0, h1 = self.linear0(x0), self.linear1(x1)
+        h0, h1 = _linear(self.linear0, x0), _linear(self.linear1, x1)
         if self._act is not None:
             h0, h1 = self._act(h0), self._act(h1)
         g = torch.sigmoid(self.gate0(x0) + self.gate1(x1))
@@ -461,7 +477,7 @@ class FiLM(_Fusion):
         z = gamma * x1 + beta
         if self._act is not None:
             z = self._act(z)
-        return _dropout(self, self.linear_out(z), self.dropout_output)
+        return _dropout(self, _linear(self.linear_out, z), self.dropout_output)
 
 
 class GatedTanh(_Fusion):
@@ -477,7 +493,7 @@ class GatedTanh(_Fusion):
 
     def forward(self, x):
         x0, x1 = self._x(x)
-        t0, s0 = self.linear0(x0).chunk(2, -1)
-        t1, s1 = self.linear1(x1).chunk(2, -1)
+        t0, s0 = _linear(self.linear0, x0).chunk(2, -1)
+        t1, s1 = _linear(self.linear1, x1).chunk(2, -1)
         z = torch.tanh(t0) * torch.sigmoid(s0) * torch.tanh(t1) * torch.sigmoid(s1)
-        return _dropout(self, self.linear_out(z), self.dropout_output)
+        return _dropout(self, _linear(self.linear_out, z), self.dropout_output)
