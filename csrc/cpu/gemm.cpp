@@ -271,8 +271,11 @@ void sgemm_cpu(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int
 #if defined(_OPENMP)
   nt = nthreads > 0 ? nthreads : omp_get_max_threads();
 #endif
+  // Each thread packs all of the operand the split does not divide: split the one whose duplicate packing costs
+  // more (B once per depth block, A once per column block of a thread's share), as long as it has the panels.
   const int64_t mp = (M + MR - 1) / MR, np = (N + NR - 1) / NR;
-  const bool by_cols = np >= mp;
+  const int64_t col_blocks = (N / std::max(nt, 1) + NC - 1) / NC;
+  const bool by_cols = np >= nt && (mp < nt || M * col_blocks <= N);
   nt = int(std::min<int64_t>({int64_t(nt), by_cols ? np : mp, std::max<int64_t>(1, M * N * K >> 18)}));
   if (nt <= 1) return gemm_slice(job, 0, M, 0, N);
 #if defined(_OPENMP)
