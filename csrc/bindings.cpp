@@ -5,6 +5,7 @@
 #include <vector>
 #include "crossfuse/cell.h"
 #include "crossfuse/cell_cpu_small.h"
+#include "crossfuse/cell_step_cuda.h"
 #include "crossfuse/fusions_cpu.h"
 #include "crossfuse/gemm_cpu.h"
 #include "crossfuse/rnn_cpu.h"
@@ -25,7 +26,9 @@ void cell_step_cpu(const SmallCellArgs&);
 void rnn_persistent_emulate_cpu(int kind, int dtype, const PersistentArgs& a, bool backward, int nthreads);
 void rnn_sequence_cpu(const SeqArgs&);
 void rnn_sequence_backward_cpu(const SeqBwdArgs&);
+void cell_step_emulate_cpu(int kind, int dtype, const StepArgs& a, int nthreads);
 #ifdef CROSSFUSE_WITH_CUDA
+void cell_step_cuda(int kind, int dtype, const StepArgs& a, cudaStream_t stream);
 void rnn_cell_cuda(const CellArgs&, bool, cudaStream_t);
 void lstm_cell_cuda(const CellArgs&, bool, cudaStream_t);
 void gru_cell_cuda(const CellArgs&, bool, cudaStream_t);
@@ -104,6 +107,26 @@ void cuda_entry(int kind, int dtype, int64_t B, int64_t H, bool backward, const 
 }
 #endif
 
+// The single-launch cell step's arguments (crossfuse/cell_step_cuda.h): pointers x, hx, cx, w_ih, w_hh, b_ih, b_hh,
+// hy, cy (0 = absent) and the row strides of x, hx, cx.
+StepArgs make_step_args(int kind, int dtype, int64_t B, int64_t I, int64_t H, const std::vector<uintptr_t>& p,
+                        const std::vector<int64_t>& strides) {
+  if (p.size() != 9 || strides.size() != 3) throw std::invalid_argument("cell_step: expected 9 pointers and 3 strides");
+  if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("cell_step: wrong kind");
+  if (dtype < kFloat32 || dtype > kBFloat16) throw std::invalid_argument("cell_step: wrong dtype code");
+  if (B < 0 || B > kStepMaxBatch || I < 0 || H < 0)
+    throw std::invalid_argument("cell_step: batch must be in [0, " + std::to_string(kStepMaxBatch) + "]");
+  if (B * H > 0 && (!p[0] || !p[3] || !p[7] || (p[1] && !p[4]) || (kind == kLstm && !p[8])))
+    throw std::invalid_argument("cell_step: missing pointer");
+  StepArgs a;
+  a.B = B; a.I = I; a.H = H;
+  auto c = [](uintptr_t q) { return reinterpret_cast<const void*>(q); };
+  a.x = c(p[0]); a.hx = c(p[1]); a.cx = c(p[2]); a.w_ih = c(p[3]); a.w_hh = c(p[4]); a.b_ih = c(p[5]); a.b_hh = c(p[6]);
+  a.hy = reinterpret_cast<void*>(p[7]); a.cy = reinterpret_cast<void*>(p[8]);
+  a.sx = strides[0]; a.sh = strides[1]; a.sc = strides[2];
+  return a;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -133,6 +156,15 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     cell_step_cpu(a);
   });
+  // The cuda backend's single-launch cell step run on host threads (a test double: `nthreads` threads per block).
+  cpu.def("cell_step_emulate", [](int kind, int dtype, int64_t B, int64_t I, int64_t H, const std::vector<uintptr_t>& p,
+                                  const std::vector<int64_t>& strides, int nthreads) {
+    StepArgs a = make_step_args(kind, dtype, B, I, H, p, strides);
+    if (nthreads < 1 || nthreads > 1024) throw std::invalid_argument("cell_step_emulate: nthreads in [1, 1024]");
+    py::gil_scoped_release nogil;
+    cell_step_emulate_cpu(kind, dtype, a, nthreads);
+  });
+  m.attr("cell_step_max_batch") = kStepMaxBatch;
   // One layer, one direction, fp32: the time loop of rnn/lstm/gru (kind as in cell_step). gi (T, B, G*H) holds the
   // input gates x W_ih^T (b_ih folded in, or passed to be added per step); hs/cs (T, B, H) receive the states,
   // ws (T, B, 4H) the activated gates.
@@ -239,6 +271,11 @@ PYBIND11_MODULE(_C, m) {
 #endif
 #ifdef CROSSFUSE_WITH_CUDA
   auto cuda = m.def_submodule("cuda", "CUDA kernels");
+  cuda.def("cell_step", [](int kind, int dtype, int64_t B, int64_t I, int64_t H, const std::vector<uintptr_t>& p,
+                           const std::vector<int64_t>& strides, uintptr_t stream) {
+    cell_step_cuda(kind, dtype, make_step_args(kind, dtype, B, I, H, p, strides),
+                   reinterpret_cast<cudaStream_t>(stream));
+  });
   cuda.def("rnn_cell", &cuda_entry<rnn_cell_cuda>);
   cuda.def("lstm_cell", &cuda_entry<lstm_cell_cuda>);
   cuda.def("gru_cell", &cuda_entry<gru_cell_cuda>);

@@ -187,5 +187,46 @@ def make_tests(kinds):
     def test_bad_input(kind):
         check_bad_inputs(kind)
 
+    @pytest.mark.parametrize("kind", kinds)
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("B,I,H,variant,threads", STEP_SHAPES)
+    def test_cuda_single_launch_step_on_host_threads(kind, dtype, B, I, H, variant, threads):
+        check_cuda_step(kind, dtype, B, I, H, variant, threads)
+
+    @pytest.mark.gpu
+    @pytest.mark.parametrize("kind", kinds)
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("B,I,H,variant,threads", STEP_SHAPES)
+    def test_cuda_single_launch_step_on_gpu(kind, dtype, B, I, H, variant, threads):
+        check_cuda_step(kind, dtype, B, I, H, variant, threads, device="cuda")
+
     return {f.__name__: f for f in (test_against_reference, test_module_is_drop_in, test_backward_is_deterministic,
-                                    test_bad_input)}
+                                    test_bad_input, test_cuda_single_launch_step_on_host_threads,
+                                    test_cuda_single_launch_step_on_gpu)}
+
+
+# (B, I, H, variant, threads per block): one row; the passes of 8 batch rows (8 + 8 + 4); odd sizes with rows
+# split over 7 and 64 threads (a row's threads and the groups of them); no bias; no state; 256 threads as launched.
+STEP_SHAPES = [(1, 1, 1, "plain", 7), (20, 20, 40, "plain", 64), (7, 63, 113, "nobias", 7), (5, 8, 57, "nostate", 64),
+               (32, 16, 24, "plain", 256), (0, 5, 7, "plain", 64), (3, 13, 37, "strided", 64)]
+
+
+def check_cuda_step(kind, dtype, B, I, H, variant, threads, device="cpu"):
+    """The cuda backend's single-launch step (crossfuse/cell_step_cuda.h) against float64: on host threads
+    (`threads` per block) for CPU tensors, launched for CUDA ones; a strided input falls back (None) to the
+    general path."""
+    from crossfuse import _backend
+    from crossfuse.ops import _cell
+    t = make_inputs(kind, B, I, H, variant, dtype, device)
+    t64 = {k: None if v is None else v.double() for k, v in t.items()}
+    ref, low = call(kind, reference, t64), call(kind, reference, t)
+    args = (kind, t["x"], t["hx"], t.get("cx"), t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"])
+    if device == "cpu":
+        got = _cell._try_cuda_step(*args, lambda *a: _backend.ext.cpu.cell_step_emulate(*a, threads))
+    else:
+        got = _cell._cuda_step(*args)
+    if variant == "strided":
+        assert got is None
+        return
+    for i, (g, lo, r) in enumerate(zip(got, low, ref)):
+        assert_within_rule(f"out{i}", g, lo, r, dtype)

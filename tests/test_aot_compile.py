@@ -38,17 +38,27 @@ def _nvcc():
     return None
 
 
+# (source, ptxas's kernel-name pattern -> label parts, kernels expected, threads per block)
+CUDA_SOURCES = {
+    "rnn_persistent.cu": (r"persistent_(forward|backward)_kernelI(?:NS_\d+(\w+?)E|(f))Li(\d)E", 2 * 2 * 5 * 3, 256),
+    "cell_step.cu": (r"cell_step_kernel()I(?:NS_\d+(\w+?)E|(f))Li(\d)E", 2 * 5 * 3, 256),
+}
+
+
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found: the build compiles no CUDA source on this machine")
-def test_cuda_persistent_recurrence_compiles_without_spills(tmp_path, capsys):
-    """csrc/cuda/rnn_persistent.cu, every kind and dtype, forward and backward, for sm_80 and sm_90 (ptxas's own
-    report): no spills, and the registers leave room for its 256-thread blocks."""
+@pytest.mark.parametrize("source", list(CUDA_SOURCES))
+def test_cuda_kernels_compile_without_spills(source, tmp_path, capsys):
+    """The CUDA sources with whole-block kernels (the persistent recurrence: every kind and dtype, forward and
+    backward; the single-launch cell step), for sm_80 and sm_90 (ptxas's own report): no spills, and the registers
+    leave room for their blocks."""
+    pattern, expected, threads = CUDA_SOURCES[source]
     root = pathlib.Path(__file__).resolve().parents[1]
     rows = []
     for arch in (80, 90):
         proc = subprocess.run(
             [_nvcc(), "-std=c++17", "-O3", "-I", str(root / "csrc" / "include"),
              f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v", "-c",
-             str(root / "csrc" / "cuda" / "rnn_persistent.cu"), "-o", str(tmp_path / "k.o")],
+             str(root / "csrc" / "cuda" / source), "-o", str(tmp_path / "k.o")],
             capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-4000:]
         name = None
@@ -56,8 +66,8 @@ def test_cuda_persistent_recurrence_compiles_without_spills(tmp_path, capsys):
             m = re.search(r"Compiling entry function '(\w+)' for 'sm_(\d+)'", line)
             if m:
                 name = m.group(1)
-                k = re.search(r"persistent_(forward|backward)_kernelI(?:NS_\d+(\w+?)E|(f))Li(\d)E", name)
-                label = f"{k.group(1)} {k.group(2) or 'float'} kind {k.group(4)}" if k else name
+                k = re.search(pattern, name)
+                label = f"{k.group(1) or 'step'} {k.group(2) or 'float'} kind {k.group(4)}" if k else name
                 rows.append({"kernel": label, "arch": int(m.group(2))})
             m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
             if m and name:
@@ -65,10 +75,10 @@ def test_cuda_persistent_recurrence_compiles_without_spills(tmp_path, capsys):
             m = re.search(r"Used (\d+) registers", line)
             if m and name:
                 rows[-1]["registers"] = int(m.group(1))
-    assert len(rows) == 2 * 2 * 5 * 3, f"expected 60 kernels, ptxas reported {len(rows)}"
+    assert len(rows) == expected, f"expected {expected} kernels, ptxas reported {len(rows)}"
     with capsys.disabled():
-        print("\nCUDA persistent recurrence (%d compiles)\n" % len(rows) + "\n".join(
+        print(f"\n{source} (%d compiles)\n" % len(rows) + "\n".join(
             f"{r['kernel']:<30}sm_{r['arch']}{r['registers']:>5} regs{r['stack'] + r['spill']:>5} stack+spill"
             for r in rows))
-    bad = [r for r in rows if r["stack"] or r["spill"] or r["registers"] * 256 > 65536]
+    bad = [r for r in rows if r["stack"] or r["spill"] or r["registers"] * threads > 65536]
     assert not bad, f"spills or too many registers: {bad}"

@@ -5,28 +5,11 @@
 #include <cuda_runtime.h>
 #include <stdexcept>
 #include <string>
+#include "crossfuse/ctx_cuda.cuh"
 #include "crossfuse/rnn_persistent.h"
 
 namespace crossfuse {
 namespace {
-
-struct DevCtx {
-  __device__ int block() const { return blockIdx.x; }
-  __device__ int thread() const { return threadIdx.x; }
-  __device__ int threads() const { return blockDim.x; }
-  __device__ float* shared() {
-    extern __shared__ float cf_persistent_smem[];
-    return cf_persistent_smem;
-  }
-  __device__ void sync() { __syncthreads(); }
-  __device__ void grid_sync() { cooperative_groups::this_grid().sync(); }
-  // State other blocks wrote since this one last read it: from L2, past this SM's L1.
-  __device__ float ld_l2(const float* p) { return __ldcg(p); }
-  __device__ float ld_l2(const Half* p) { return to_float(Half{__ldcg(reinterpret_cast<const unsigned short*>(p))}); }
-  __device__ float ld_l2(const BFloat16* p) {
-    return to_float(BFloat16{__ldcg(reinterpret_cast<const unsigned short*>(p))});
-  }
-};
 
 template <typename T, int KIND>
 __global__ void __launch_bounds__(kPersistentThreads, 1) persistent_forward_kernel(PersistentArgs a) {

@@ -2,6 +2,7 @@
 // The GEMMs gi = x W_ih^T and gh = h W_hh^T are done by the caller; these kernels add the biases,
 // apply the activations and update the state in fp32, forward and backward.
 #pragma once
+#include <type_traits>
 #include "crossfuse/common.h"
 
 namespace crossfuse {
@@ -9,6 +10,19 @@ namespace crossfuse {
 enum CellKind : int { kRnnTanh = 0, kRnnRelu = 1, kRnnSigmoid = 2, kLstm = 3, kGru = 4 };
 
 CF_HD int cell_gates(int kind) { return kind == kLstm ? 4 : (kind == kGru ? 3 : 1); }
+
+// Calls f(std::integral_constant<int, KIND>) for a kind code (host side): one switch for every templated launcher.
+template <typename F>
+inline void dispatch_kind(int kind, F&& f) {
+  switch (kind) {
+    case kRnnTanh: f(std::integral_constant<int, kRnnTanh>{}); break;
+    case kRnnRelu: f(std::integral_constant<int, kRnnRelu>{}); break;
+    case kRnnSigmoid: f(std::integral_constant<int, kRnnSigmoid>{}); break;
+    case kLstm: f(std::integral_constant<int, kLstm>{}); break;
+    case kGru: f(std::integral_constant<int, kGru>{}); break;
+    default: throw std::invalid_argument("crossfuse: wrong cell kind " + std::to_string(kind));
+  }
+}
 
 // Argument slots, in the order Python packs them (crossfuse/ops/_cell.py SLOTS).
 enum CellSlot : int {

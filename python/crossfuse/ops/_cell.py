@@ -221,6 +221,50 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
     return hy, cy
 
 
+# The cuda backend's single-launch step (csrc/cuda/cell_step.cu): up to this many batch rows.
+_CUDA_STEP_MAX_BATCH = _backend.ext.cell_step_max_batch if _backend.ext is not None else 0
+
+
+def _try_cuda_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, run):
+    """A no-grad call that fits the cuda backend's single-launch step (batch <= 32, rows of unit column stride,
+    contiguous weights and biases, one dtype and device) as one kernel: both GEMVs and the gates, where the general
+    path launches two GEMMs and the gate kernel and the host's launches are the time. `run(kind, dtype, B, I, H,
+    pointers, strides)` launches it (the tests pass the host-thread double). None where it does not fit: the general
+    path, with its full checks, runs instead."""
+    dt, dev = x.dtype, x.device
+    code = _backend.DTYPE_CODES.get(dt)
+    if code is None or x.ndim != 2 or w_hh.ndim != 2:
+        return None
+    B, I = x.shape
+    GH, H = w_hh.shape
+    if (B > _CUDA_STEP_MAX_BATCH or GH != GATES[kind] * H or (I > 1 and x.stride(1) != 1)
+            or (cx is not None and kind != "lstm")):
+        return None
+    for w, shape in ((w_ih, (GH, I)), (w_hh, (GH, H)), (b_ih, (GH,)), (b_hh, (GH,))):
+        if w is not None and (w.dtype != dt or w.device != dev or w.shape != shape or not w.is_contiguous()):
+            return None
+    for s in (hx, cx):
+        if s is not None and (s.dtype != dt or s.device != dev or s.shape != (B, H) or (H > 1 and s.stride(1) != 1)):
+            return None
+    new = (lambda: x.new_full((B, H), float("nan"))) if _backend.FILL_NAN else (lambda: x.new_empty(B, H))
+    hy = new()
+    cy = new() if kind == "lstm" else None
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    run(KINDS[kind], code, B, I, H,
+        [x.data_ptr(), ptr(hx), ptr(cx), w_ih.data_ptr(), w_hh.data_ptr(), ptr(b_ih), ptr(b_hh), hy.data_ptr(), ptr(cy)],
+        [x.stride(0), 0 if hx is None else hx.stride(0), 0 if cx is None else cx.stride(0)])
+    return hy, cy
+
+
+def _cuda_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    """_try_cuda_step on x's GPU when that is the current device (the launch goes to the current one)."""
+    if x.get_device() != torch.cuda.current_device():
+        return None
+    stream = _backend.cuda_stream(x.device)
+    return _try_cuda_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh,
+                          lambda *args: _backend.ext.cuda.cell_step(*args, stream))
+
+
 # ---- validation -------------------------------------------------------------------------------
 def _check_tensor(op, name, t, dtype, device, shape):
     if not isinstance(t, torch.Tensor):
@@ -274,6 +318,15 @@ def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend, module=None):
             try:
                 out = None if _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh) else _try_cpu_step(
                     kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+            except (AttributeError, TypeError, ValueError):
+                out = None  # malformed arguments: the general path says what is wrong
+            if out is not None:
+                return out
+    elif not compiling and type(input) is torch.Tensor and input.is_cuda and input.ndim == 2:
+        chosen = _backend.choose(op, input.device, backend)
+        if chosen == "cuda" and not _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+            try:
+                out = _cuda_step(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
             except (AttributeError, TypeError, ValueError):
                 out = None  # malformed arguments: the general path says what is wrong
             if out is not None:
