@@ -79,24 +79,13 @@ __attribute__((target("arch=x86-64-v3"))) void kernel_v3(int64_t kc, const float
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_load_ps(Bp + k * NR), b1 = _mm256_load_ps(Bp + k * NR + 8);
     const float* a = Ap + k * MR;
-    __m256 v = _mm256_broadcast_ss(a);
-    c00 = _mm256_fmadd_ps(v, b0, c00);
-    c01 = _mm256_fmadd_ps(v, b1, c01);
-    v = _mm256_broadcast_ss(a + 1);
-    c10 = _mm256_fmadd_ps(v, b0, c10);
-    c11 = _mm256_fmadd_ps(v, b1, c11);
-    v = _mm256_broadcast_ss(a + 2);
-    c20 = _mm256_fmadd_ps(v, b0, c20);
-    c21 = _mm256_fmadd_ps(v, b1, c21);
-    v = _mm256_broadcast_ss(a + 3);
-    c30 = _mm256_fmadd_ps(v, b0, c30);
-    c31 = _mm256_fmadd_ps(v, b1, c31);
-    v = _mm256_broadcast_ss(a + 4);
-    c40 = _mm256_fmadd_ps(v, b0, c40);
-    c41 = _mm256_fmadd_ps(v, b1, c41);
-    v = _mm256_broadcast_ss(a + 5);
-    c50 = _mm256_fmadd_ps(v, b0, c50);
-    c51 = _mm256_fmadd_ps(v, b1, c51);
+    __m256 v;
+#define CF_GEMM_ROW(i)                            \
+  v = _mm256_broadcast_ss(a + i);                 \
+  c##i##0 = _mm256_fmadd_ps(v, b0, c##i##0);      \
+  c##i##1 = _mm256_fmadd_ps(v, b1, c##i##1);
+    CF_GEMM_ROW(0) CF_GEMM_ROW(1) CF_GEMM_ROW(2) CF_GEMM_ROW(3) CF_GEMM_ROW(4) CF_GEMM_ROW(5)
+#undef CF_GEMM_ROW
   }
   const __m256 c[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
   const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);

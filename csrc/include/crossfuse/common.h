@@ -12,6 +12,13 @@
 #else
 #define CF_HD inline
 #endif
+// Kernel bodies written against a context (crossfuse/rnn_persistent.h, crossfuse/cell_step_cuda.h): device
+// functions in the CUDA build, host functions in the CPU build that runs them on host threads.
+#if defined(__CUDACC__)
+#define CF_DEV __device__ __forceinline__
+#else
+#define CF_DEV inline
+#endif
 
 // CPU hot loops are compiled twice, for x86-64-v3 (AVX2 and FMA together) and for the baseline, and picked at
 // load time: one wheel, full speed where the instructions exist. (target_clones("avx2,fma") would make two

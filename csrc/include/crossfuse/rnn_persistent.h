@@ -11,12 +11,6 @@
 #pragma once
 #include "crossfuse/cell.h"
 
-#if defined(__CUDACC__)
-#define CF_DEV __device__ __forceinline__
-#else
-#define CF_DEV inline
-#endif
-
 namespace crossfuse {
 
 constexpr int kPersistentThreads = 256;  // the CUDA launch's block size
