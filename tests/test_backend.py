@@ -84,3 +84,13 @@ def test_kernels_launch_on_the_current_stream(backend):
     for g, w in zip(got, want):
         for a, b in zip(g if isinstance(g, tuple) else (g,), w if isinstance(w, tuple) else (w,)):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("module,shape", [("LSTMCell", (3, 4)), ("GRU", (5, 3, 4))], ids=["cell", "layer"])
+def test_second_derivative_raises_instead_of_coming_out_wrong(module, shape):
+    """The kernels' backward records no graph: asking for a second derivative is an error, never a silent zero."""
+    x = torch.randn(*shape, requires_grad=True)
+    out = getattr(crossfuse.nn, module)(4, 6)(x)[0]
+    (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()

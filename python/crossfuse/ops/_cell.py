@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from crossfuse import _backend
 
@@ -114,6 +115,7 @@ class _CellFunction(torch.autograd.Function):
         return (hy, cy) if cy is not None else hy
 
     @staticmethod
+    @once_differentiable  # the kernels record no graph: a second derivative raises, never comes out wrong
     def backward(ctx, dhy, dcy=None):
         grads = cell_backward(ctx.kind, ctx.backend, dhy, dcy, *ctx.saved_tensors, ctx.needs_input_grad[2:9])
         return (None, None) + grads

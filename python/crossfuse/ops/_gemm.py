@@ -6,6 +6,7 @@ does not cover (other dtypes or devices, an output without unit column stride, G
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
 from crossfuse import _backend
@@ -51,6 +52,7 @@ class _Linear(torch.autograd.Function):
         return mm(x, weight.t(), bias=bias)
 
     @staticmethod
+    @once_differentiable  # the kernels record no graph: a second derivative raises, never comes out wrong
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from crossfuse import _backend
 
@@ -75,6 +76,7 @@ class _AttentionFunction(torch.autograd.Function):
         return out, lse
 
     @staticmethod
+    @once_differentiable  # the kernels record no graph: a second derivative raises, never comes out wrong
     def backward(ctx, do, dlse):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = _triton_backward(do, q, k, v, out, lse, *ctx.args)

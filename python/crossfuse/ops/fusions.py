@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
 from crossfuse import _backend
@@ -267,6 +268,7 @@ class _PoolFunction(torch.autograd.Function):
         return out[0]
 
     @staticmethod
+    @once_differentiable  # the kernels record no graph: a second derivative raises, never comes out wrong
     def backward(ctx, dz):
         saved = ctx.saved_tensors
         needs = [bool(n) and p for n, p in zip(ctx.needs_input_grad[4:], ctx.present)]

@@ -15,6 +15,7 @@ import importlib
 import os
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from crossfuse import _backend
 from crossfuse.ops import _gemm
@@ -266,6 +267,7 @@ class _LayerFunction(torch.autograd.Function):
         return out, hT.clone(), None if cT is None else cT.clone()
 
     @staticmethod
+    @once_differentiable  # the kernels record no graph: a second derivative raises, never comes out wrong
     def backward(ctx, dout, dhT, dcT):
         kind, backend, lengths, reverse = ctx.args
         x, h0, c0, w_ih, w_hh, hs, cs, ws = ctx.saved_tensors
@@ -450,6 +452,7 @@ class _GateFunction(torch.autograd.Function):
         return (hy, cy) if cy is not None else (hy, hy.new_empty(0))
 
     @staticmethod
+    @once_differentiable  # the kernels record no graph: a second derivative raises, never comes out wrong
     def backward(ctx, dhy, dcy):
         kind, backend = ctx.kind, ctx.backend
         hx, cx, hy, ws = ctx.saved_tensors
