@@ -8,6 +8,7 @@ autograd goes through `_CellFunction`, and torch.compile sees a `torch.library.c
 from __future__ import annotations
 
 import importlib
+import os
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -223,8 +224,10 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
     return hy, cy
 
 
-# The cuda backend's single-launch step (csrc/cuda/cell_step.cu): up to this many batch rows.
-_CUDA_STEP_MAX_BATCH = _backend.ext.cell_step_max_batch if _backend.ext is not None else 0
+# The cuda backend's single-launch step (csrc/cuda/cell_step.cu): up to this many batch rows; none with
+# CROSSFUSE_CUDA_CELL_STEP=0 (a kill switch: the general path instead).
+_CUDA_STEP_MAX_BATCH = (_backend.ext.cell_step_max_batch if _backend.ext is not None
+                        and os.environ.get("CROSSFUSE_CUDA_CELL_STEP", "1") != "0" else 0)
 
 
 def _try_cuda_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, run):
