@@ -66,11 +66,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """F.linear, forward and backward on the GEMM above for fp32 CPU tensors; F.linear itself otherwise and
     under torch.compile."""
     if (torch.compiler.is_compiling() or _backend.ext is None or not (_covered(x) and _covered(weight))
-            or (bias is not None and not _covered(bias)) or x.dim() < 2 or x.shape[-1] != weight.shape[1]
-            or weight.dim() != 2 or (bias is not None and bias.shape != (weight.shape[0],))):
-        return F.linear(x, weight, bias)
+            or (bias is not None and not _covered(bias)) or x.dim() < 2 or weight.dim() != 2
+            or x.shape[-1] != weight.shape[1] or (bias is not None and bias.shape != (weight.shape[0],))):
+        return F.linear(x, weight, bias)  # its own errors for malformed arguments
     x2 = x.reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         y = _Linear.apply(x2, weight, bias)
     else:
         y = mm(x2, weight.t(), bias=bias)
