@@ -94,3 +94,16 @@ def test_second_derivative_raises_instead_of_coming_out_wrong(module, shape):
     (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()
+
+
+def test_large_cpu_buffers_ask_for_huge_pages(monkeypatch):
+    advised = []
+    real = _backend.ext.cpu.advise_huge_pages
+    monkeypatch.setattr(_backend.ext.cpu, "advise_huge_pages", lambda p, n: advised.append((p, n)) or real(p, n))
+    small = _backend.empty((1000,), dtype=torch.float32, device="cpu")
+    big = _backend.empty((3, _backend.HUGE_PAGES_MIN_BYTES // 4), dtype=torch.float32, device="cpu")
+    assert advised == [(big.data_ptr(), big.numel() * 4)] and small.numel() == 1000
+    big.fill_(2.0)  # the advised memory is ordinary memory to write and read
+    assert big.sum().item() == 2.0 * big.numel()
+    # no whole 2 MB page inside, or a null range: nothing is advised, and nothing fails
+    assert real(big.data_ptr(), 4096) is False and real(0, 0) is False

@@ -51,8 +51,6 @@ def _reps(x0, x1):
 
 
 # ---- the cpu path: the C++ GEMM for the projections, the pooling in one C++ pass -------------------------
-# Group by group, like the eager loop: a (rows, R*S) buffer per group stays in the allocator's reused heap, where one
-# (G, rows, R*S) buffer (over glibc's 32 MB mmap limit at these sizes) would be page-faulted in afresh every call.
 def _f32(t):
     return None if t is None else t.float().contiguous()
 
@@ -66,23 +64,31 @@ def _cpu_weights(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1):
     return (_f32(x0), _f32(x1)), [_f32(w) for w in (w0, w1, v0, v1)], [_f32(b) for b in (b0, b1, c0, c1)]
 
 
+def _pool_pointers(g, S, P, us, z=None, dz=None, dus=(), bs=()):
+    """product_pool's 14 pointers for group g: u0, u1, v0, v1, z, dz, du0, du1, dv0, dv1, b0, b1, c0, c1."""
+    def four(ts):
+        return [_ptr(t) for t in ts] + [0] * (4 - len(ts))
+    return four(us) + [0 if z is None else z.data_ptr() + 4 * g * S, 0 if dz is None else dz.data_ptr() + 4 * g * S] \
+        + four(dus) + [0 if b is None else b[g].data_ptr() for b in bs]
+
+
 def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu, keep=True):
-    """(z fp32, per group u0, u1(, v0, v1) without their biases, which the C++ pass adds). Without `keep` (no
-    backward) the list is empty and each group's buffers are freed before the next group's are taken, so one heap
-    block, hot in cache, serves them all."""
+    """(z fp32, [U0, U1(, V0, V1)] (G, rows, R*S) without their biases, which the C++ pass adds). Group by group,
+    like the eager loop. With `keep` (for the backward) the projections go into one buffer per side, which
+    _backend.empty backs with huge pages; without, each group's buffers are freed before the next group's are
+    taken, so one heap block, hot in cache, serves them all."""
     xs, ws, bs = _cpu_weights(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
     G, RS, _ = w0.shape
     S, P = RS // R, 2 if v0 is not None else 1
     N, rep0, rep1 = _reps(*xs)
     z = torch.empty((N, P * G * S), dtype=torch.float32, device=x0.device)
-    us = []
+    us = [_backend.empty((G, xs[k % 2].shape[0], RS), dtype=torch.float32, device=x0.device)
+          for k in range(2 * P)] if keep else []
     for g in range(G):
-        ug = [_gemm.mm(xs[k % 2][:, g * w.shape[2]:(g + 1) * w.shape[2]], w[g].t()) for k, w in enumerate(ws[:2 * P])]
-        p = [_ptr(u) for u in ug] + [0] * (4 - len(ug)) + [z.data_ptr() + 4 * g * S, 0, 0, 0, 0, 0] + \
-            [0 if b is None else b[g].data_ptr() for b in bs]
-        _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, False, P * G * S, G * S, p)
-        if keep:
-            us += ug
+        ug = [_gemm.mm(xs[k % 2][:, g * w.shape[2]:(g + 1) * w.shape[2]], w[g].t(), out=us[k][g] if keep else None)
+              for k, w in enumerate(ws[:2 * P])]
+        _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, False, P * G * S, G * S,
+                                      _pool_pointers(g, S, P, ug, z=z, bs=bs))
     return z, us
 
 
@@ -100,15 +106,14 @@ def _backward_cpu(dz, us, tensors, R, rank_major, relu, needs):
     slots = [(2, 3), (4, 5), (6, 7), (8, 9)]  # (weight, bias) indices of u0, u1, v0, v1
     for k, (wi, bi) in enumerate(slots[:2 * P]):
         if needs[wi]:
-            grads[wi] = torch.empty(ws[k].shape, dtype=torch.float32, device=dz.device)
+            grads[wi] = _backend.empty(ws[k].shape, dtype=torch.float32, device=dz.device)
         if needs[bi]:
             grads[bi] = torch.empty(bs[k].shape, dtype=torch.float32, device=dz.device)
     for g in range(G):
-        ug = us[g * 2 * P:(g + 1) * 2 * P]
+        ug = [u[g] for u in us]
         dug = [torch.empty_like(u) for u in ug]
-        p = [_ptr(u) for u in ug] + [0] * (4 - len(ug)) + [0, dz.data_ptr() + 4 * g * S] + \
-            [_ptr(d) for d in dug] + [0] * (4 - len(dug)) + [0 if b is None else b[g].data_ptr() for b in bs]
-        _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, True, P * G * S, G * S, p)
+        _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, True, P * G * S, G * S,
+                                      _pool_pointers(g, S, P, ug, dz=dz, dus=dug, bs=bs))
         for k, du in enumerate(dug):
             side, (wi, bi) = k % 2, slots[k]
             K = ws[k].shape[2]
@@ -169,7 +174,7 @@ def _backward_triton(dz, x0, x1, ws, us, R, rank_major, relu):
 # ---- the custom ops ---------------------------------------------------------------------------------------------
 def _pool_impl(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, keep=True):
     """[z, then the projections the backward reads: none for the fused kernel; U0, U1(, V0, V1) (G, rows, R*S) for
-    triton above FUSED_MAX_K; per group fp32 (rows, R*S) ones on cpu]."""
+    triton above FUSED_MAX_K and (in fp32) on cpu]."""
     if backend == "triton":
         z, us = _forward_triton(_fused(backend, w0, w1), x0, x1, (w0, b0, w1, b1, v0, c0, v1, c1), rank, rank_major,
                                 relu)
@@ -196,8 +201,8 @@ def _(backend, rank, rank_major, relu, x0, x1, w0, b0, w1, b1, v0, c0, v1, c1):
     # distinct tensors: outputs must not alias each other
     if backend == "triton" and not _fused(backend, w0, w1):
         out += [x0.new_empty((G, x.shape[0], RS)) for x in (x0, x1) * P]
-    elif backend != "triton":  # per group u0, u1(, v0, v1)
-        out += [x0.new_empty((x.shape[0], RS), dtype=torch.float32) for _ in range(G) for x in (x0, x1) * P]
+    elif backend != "triton":  # U0, U1(, V0, V1) in fp32
+        out += [x0.new_empty((G, x.shape[0], RS), dtype=torch.float32) for x in (x0, x1) * P]
     return out
 
 
