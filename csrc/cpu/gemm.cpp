@@ -226,14 +226,17 @@ void pack_a(const float* A, int64_t rsa, int64_t csa, int64_t mc, int64_t kc, fl
 
 // Bp[panel][k][j] for columns [0, nc) (zero past nc) and depths [0, kc) of B (already offset).
 void pack_b(const float* B, int64_t rsb, int64_t csb, int64_t kc, int64_t nc, float* Bp, bool v3) {
-  for (int64_t jr = 0; jr < nc; jr += NR) {
+  // Rows of B contiguous: each row is read whole, one stream, and dealt out to the full panels (read a panel at
+  // a time, each row's 64 bytes came from a line that the prefetcher had not fetched: 2-19% slower GEMMs).
+  const int64_t full = csb == 1 ? nc / NR * NR : 0;
+  for (int64_t k = 0; k < kc && full; ++k)
+    for (int64_t jr = 0; jr < full; jr += NR)
+      for (int j = 0; j < NR; ++j) Bp[jr * kc + k * NR + j] = B[k * rsb + jr + j];
+  for (int64_t jr = full; jr < nc; jr += NR) {
     const int64_t n = std::min<int64_t>(NR, nc - jr);
     float* dst = Bp + jr * kc;
     const float* src = B + jr * csb;
-    if (csb == 1 && n == NR) {  // a fixed-size copy: no memcpy call per 64 bytes
-      for (int64_t k = 0; k < kc; ++k)
-        for (int j = 0; j < NR; ++j) dst[k * NR + j] = src[k * rsb + j];
-    } else if (csb == 1) {
+    if (csb == 1) {  // the last, partial panel
       for (int64_t k = 0; k < kc; ++k) {
         std::memcpy(dst + k * NR, src + k * rsb, sizeof(float) * n);
         std::fill(dst + k * NR + n, dst + (k + 1) * NR, 0.f);
