@@ -43,10 +43,8 @@ HUGE_PAGES_MIN_BYTES = 4 << 20
 
 def empty(shape, *, dtype, device) -> torch.Tensor:
     t = torch.empty(shape, dtype=dtype, device=device)
-    if t.device.type == "cpu" and ext is not None:
-        nbytes = t.numel() * t.element_size()
-        if nbytes >= HUGE_PAGES_MIN_BYTES:
-            ext.cpu.advise_huge_pages(t.data_ptr(), nbytes)
+    if t.nbytes >= HUGE_PAGES_MIN_BYTES and t.is_cpu and ext is not None:  # the size first: small calls stay cheap
+        ext.cpu.advise_huge_pages(t.data_ptr(), t.nbytes)
     return t.fill_(float("nan")) if FILL_NAN else t
 
 
