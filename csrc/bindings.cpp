@@ -223,7 +223,8 @@ PYBIND11_MODULE(_C, m) {
   cpu.def("advise_huge_pages", [](uintptr_t ptr, int64_t nbytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-    const uintptr_t lo = (ptr + kHuge - 1) & ~(kHuge - 1), hi = (ptr + uintptr_t(std::max<int64_t>(nbytes, 0))) & ~(kHuge - 1);
+    const uintptr_t end = ptr + uintptr_t(std::max<int64_t>(nbytes, 0));
+    const uintptr_t lo = (ptr + kHuge - 1) & ~(kHuge - 1), hi = end & ~(kHuge - 1);
     return hi > lo && madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE) == 0;
 #else
     (void)ptr; (void)nbytes;

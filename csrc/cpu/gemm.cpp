@@ -137,9 +137,9 @@ __attribute__((target("arch=x86-64-v3"))) void kernel_v3(int64_t kc, const float
                                                          float beta, const float* bias) {
   alignas(32) float acc[MR * NR];
   // C's rows are read (beta != 0) or written after the loop: fetched under it, not stalled on after it
-  for (int i = 0; i < MR; ++i) {
+  for (int64_t i = 0; i < m; ++i) {
     _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + NR - 1), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + n - 1), _MM_HINT_T0);
   }
   tile_loop_v3(kc, Ap, Bp, acc);
   if (m == MR && n == NR) {
@@ -166,7 +166,7 @@ __attribute__((target("arch=x86-64-v3"))) void kernel_v3(int64_t kc, const float
 __attribute__((target("arch=x86-64-v3"))) void pack_b_t_v3(const float* src, int64_t csb, int64_t kc, float* dst) {
   int64_t k = 0;
   for (; k + 8 <= kc; k += 8) {
-    if (k % 16 == 0)  // 16 column streams: more than the hardware prefetcher follows
+    if (k % 16 == 0 && k + 64 < kc)  // 16 column streams: more than the hardware prefetcher follows
       for (int j = 0; j < NR; ++j) _mm_prefetch(reinterpret_cast<const char*>(src + j * csb + k + 64), _MM_HINT_T0);
     for (int half = 0; half < 2; ++half) {
       const float* s = src + half * 8 * csb + k;

@@ -75,8 +75,8 @@ def _pool_pointers(g, S, P, us, z=None, dz=None, dus=(), bs=()):
 def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu, keep=True):
     """(z fp32, [U0, U1(, V0, V1)] (G, rows, R*S) without their biases, which the C++ pass adds). Group by group,
     like the eager loop. With `keep` (for the backward) the projections go into one buffer per side, which
-    _backend.empty backs with huge pages; without, each group's buffers are freed before the next group's are
-    taken, so one heap block, hot in cache, serves them all."""
+    _backend.empty backs with huge pages when it is large; without, each group's buffers are freed before the next
+    group's are taken, so one heap block, hot in cache, serves them all."""
     xs, ws, bs = _cpu_weights(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
     G, RS, _ = w0.shape
     S, P = RS // R, 2 if v0 is not None else 1
