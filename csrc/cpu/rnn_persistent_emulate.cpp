@@ -32,27 +32,12 @@ void emulate(const PersistentArgs& a, bool backward, int nthreads) {
   for (auto& th : threads) th.join();
 }
 
-template <typename T>
-void emulate_kind(int kind, const PersistentArgs& a, bool backward, int nthreads) {
-  switch (kind) {
-    case kRnnTanh: emulate<T, kRnnTanh>(a, backward, nthreads); break;
-    case kRnnRelu: emulate<T, kRnnRelu>(a, backward, nthreads); break;
-    case kRnnSigmoid: emulate<T, kRnnSigmoid>(a, backward, nthreads); break;
-    case kLstm: emulate<T, kLstm>(a, backward, nthreads); break;
-    case kGru: emulate<T, kGru>(a, backward, nthreads); break;
-    default: throw std::invalid_argument("rnn_persistent: wrong kind " + std::to_string(kind));
-  }
-}
-
 }  // namespace
 
 void rnn_persistent_emulate_cpu(int kind, int dtype, const PersistentArgs& a, bool backward, int nthreads) {
-  switch (dtype) {
-    case kFloat32: emulate_kind<float>(kind, a, backward, nthreads); break;
-    case kFloat16: emulate_kind<Half>(kind, a, backward, nthreads); break;
-    case kBFloat16: emulate_kind<BFloat16>(kind, a, backward, nthreads); break;
-    default: throw std::invalid_argument("rnn_persistent: wrong dtype code " + std::to_string(dtype));
-  }
+  dispatch_dtype(dtype, [&](auto tag) {
+    dispatch_kind(kind, [&](auto k) { emulate<decltype(tag), decltype(k)::value>(a, backward, nthreads); });
+  });
 }
 
 }  // namespace crossfuse

@@ -227,14 +227,7 @@ void sequence_backward(const SeqBwdArgs& s) {
 }  // namespace
 
 void rnn_sequence_backward_cpu(const SeqBwdArgs& s) {
-  switch (s.kind) {
-    case kRnnTanh: sequence_backward<kRnnTanh>(s); break;
-    case kRnnRelu: sequence_backward<kRnnRelu>(s); break;
-    case kRnnSigmoid: sequence_backward<kRnnSigmoid>(s); break;
-    case kLstm: sequence_backward<kLstm>(s); break;
-    case kGru: sequence_backward<kGru>(s); break;
-    default: throw std::invalid_argument("rnn_sequence_backward: wrong kind");
-  }
+  dispatch_kind(s.kind, [&](auto k) { sequence_backward<decltype(k)::value>(s); });
 }
 
 }  // namespace crossfuse

@@ -17,8 +17,8 @@ __global__ void __launch_bounds__(kStepThreads, 1) cell_step_kernel(StepArgs a) 
 }  // namespace
 
 void cell_step_cuda(int kind, int dtype, const StepArgs& a, cudaStream_t stream) {
-  const int64_t blocks = step_blocks(kind, a.H, kStepThreads);
   if (a.B * a.H == 0) return;
+  const int64_t blocks = step_blocks(kind, a.H, kStepThreads);
   if (blocks > 0x7fffffff) throw std::invalid_argument("cell_step: hidden size too large for one launch");
   const size_t smem = size_t(4 * step_smem_floats(kind, kStepThreads));
   dispatch_dtype(dtype, [&](auto tag) {

@@ -47,28 +47,13 @@ void launch(const PersistentArgs& a, bool backward, int64_t smem_bytes, cudaStre
         "launch");
 }
 
-template <typename T>
-void launch_kind(int kind, const PersistentArgs& a, bool backward, int64_t smem_bytes, cudaStream_t stream) {
-  switch (kind) {
-    case kRnnTanh: launch<T, kRnnTanh>(a, backward, smem_bytes, stream); break;
-    case kRnnRelu: launch<T, kRnnRelu>(a, backward, smem_bytes, stream); break;
-    case kRnnSigmoid: launch<T, kRnnSigmoid>(a, backward, smem_bytes, stream); break;
-    case kLstm: launch<T, kLstm>(a, backward, smem_bytes, stream); break;
-    case kGru: launch<T, kGru>(a, backward, smem_bytes, stream); break;
-    default: throw std::invalid_argument("rnn_persistent: wrong kind " + std::to_string(kind));
-  }
-}
-
 }  // namespace
 
 void rnn_persistent_cuda(int kind, int dtype, const PersistentArgs& a, bool backward, cudaStream_t stream) {
   const int64_t smem = 4 * persistent_smem_floats(cell_gates(kind), a.H, a.U, a.BC, a.KC, kPersistentThreads);
-  switch (dtype) {
-    case kFloat32: launch_kind<float>(kind, a, backward, smem, stream); break;
-    case kFloat16: launch_kind<Half>(kind, a, backward, smem, stream); break;
-    case kBFloat16: launch_kind<BFloat16>(kind, a, backward, smem, stream); break;
-    default: throw std::invalid_argument("rnn_persistent: wrong dtype code " + std::to_string(dtype));
-  }
+  dispatch_dtype(dtype, [&](auto tag) {
+    dispatch_kind(kind, [&](auto k) { launch<decltype(tag), decltype(k)::value>(a, backward, smem, stream); });
+  });
 }
 
 // (SMs, shared memory per block with opt-in, cooperative launch supported) of the current device.

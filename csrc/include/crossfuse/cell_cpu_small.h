@@ -458,25 +458,11 @@ void small_cell(const SmallCellArgs& a) {
 
 // Hidden units [j0, j1) only, on the calling thread (a caller that runs its own parallel region).
 inline void run_small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t j1) {
-  switch (a.kind) {
-    case kRnnTanh: small_cell_range<kRnnTanh>(a, j0, j1); break;
-    case kRnnRelu: small_cell_range<kRnnRelu>(a, j0, j1); break;
-    case kRnnSigmoid: small_cell_range<kRnnSigmoid>(a, j0, j1); break;
-    case kLstm: small_cell_range<kLstm>(a, j0, j1); break;
-    case kGru: small_cell_range<kGru>(a, j0, j1); break;
-    default: throw std::invalid_argument("crossfuse: wrong cell kind " + std::to_string(a.kind));
-  }
+  dispatch_kind(a.kind, [&](auto k) { small_cell_range<decltype(k)::value>(a, j0, j1); });
 }
 
 inline void run_small_cell(const SmallCellArgs& a) {
-  switch (a.kind) {
-    case kRnnTanh: small_cell<kRnnTanh>(a); break;
-    case kRnnRelu: small_cell<kRnnRelu>(a); break;
-    case kRnnSigmoid: small_cell<kRnnSigmoid>(a); break;
-    case kLstm: small_cell<kLstm>(a); break;
-    case kGru: small_cell<kGru>(a); break;
-    default: throw std::invalid_argument("crossfuse: wrong cell kind " + std::to_string(a.kind));
-  }
+  dispatch_kind(a.kind, [&](auto k) { small_cell<decltype(k)::value>(a); });
 }
 
 }  // namespace crossfuse
