@@ -94,8 +94,10 @@ PersistentArgs make_persistent_args(int kind, int dtype, bool backward, const st
 }
 
 template <void (*F)(const CellArgs&, bool)>
-void cpu_entry(int kind, int dtype, int64_t B, int64_t H, bool backward, const std::vector<int64_t>& slots) {
+void cpu_entry(int kind, int dtype, int64_t B, int64_t H, bool backward, const std::vector<int64_t>& slots,
+               int nthreads) {
   CellArgs a = make_cell_args(kind, dtype, B, H, backward, slots);
+  a.threads = nthreads;
   if (B * H == 0) return;
   py::gil_scoped_release nogil;
   F(a, backward);
@@ -135,8 +137,10 @@ StepArgs make_step_args(int kind, int dtype, int64_t B, int64_t I, int64_t H, co
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "crossfuse native kernels";
-  const char* sig = "kind, dtype, B, H, backward, slots";
+  const char* sig = "kind, dtype, B, H, backward, slots, nthreads";
   auto cpu = m.def_submodule("cpu", "CPU kernels");
+  // Every CPU entry with a parallel region takes `nthreads` last: Python passes torch.get_num_threads() (0 would
+  // mean OpenMP's default), so that torch.set_num_threads, DataLoader workers' 1 included, governs crossfuse too.
   cpu.def("rnn_cell", &cpu_entry<rnn_cell_cpu>, sig);
   cpu.def("lstm_cell", &cpu_entry<lstm_cell_cpu>, sig);
   cpu.def("gru_cell", &cpu_entry<gru_cell_cpu>, sig);
@@ -144,7 +148,7 @@ PYBIND11_MODULE(_C, m) {
   // fp32, rows contiguous, no autograd: GEMVs and gate math in one call. Pointers 0 = absent.
   cpu.def("cell_step", [](int kind, int64_t B, int64_t I, int64_t H, uintptr_t x, int64_t sx, uintptr_t hx, int64_t sh,
                           uintptr_t cx, int64_t sc, uintptr_t w_ih, uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh,
-                          uintptr_t hy, int64_t shy, uintptr_t cy, int64_t scy) {
+                          uintptr_t hy, int64_t shy, uintptr_t cy, int64_t scy, int nthreads) {
     if (B < 0 || B > kSmallStepMaxBatch || I < 0 || H < 0)
       throw std::invalid_argument("cell_step: batch must be in [0, " + std::to_string(kSmallStepMaxBatch) + "]");
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("cell_step: wrong kind");
@@ -155,7 +159,7 @@ PYBIND11_MODULE(_C, m) {
     auto f = [](uintptr_t p) { return reinterpret_cast<const float*>(p); };
     a.x = f(x); a.hx = f(hx); a.cx = f(cx); a.w_ih = f(w_ih); a.w_hh = f(w_hh); a.b_ih = f(b_ih); a.b_hh = f(b_hh);
     a.hy = reinterpret_cast<float*>(hy); a.cy = reinterpret_cast<float*>(cy);
-    a.sx = sx; a.sh = sh; a.sc = sc; a.shy = shy; a.scy = scy;
+    a.sx = sx; a.sh = sh; a.sc = sc; a.shy = shy; a.scy = scy; a.threads = nthreads;
     if (B * H == 0) return;
     py::gil_scoped_release nogil;
     cell_step_cpu(a);
@@ -174,7 +178,8 @@ PYBIND11_MODULE(_C, m) {
   // ws (T, B, 4H) the activated gates.
   cpu.def("rnn_sequence", [](int kind, int64_t T, int64_t B, int64_t H, uintptr_t gi, int64_t sgt, int64_t sgb,
                              uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh, uintptr_t h0, uintptr_t c0,
-                             uintptr_t lengths, bool reverse, uintptr_t hs, uintptr_t cs, uintptr_t ws) {
+                             uintptr_t lengths, bool reverse, uintptr_t hs, uintptr_t cs, uintptr_t ws,
+                             int nthreads) {
     if (T < 0 || B < 0 || H < 0) throw std::invalid_argument("rnn_sequence: negative size");
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("rnn_sequence: wrong kind");
     if (T * B * H > 0 && (!gi || !w_hh || !hs || (kind == kLstm && !cs)))
@@ -187,6 +192,7 @@ PYBIND11_MODULE(_C, m) {
     s.lengths = reinterpret_cast<const int64_t*>(lengths);
     s.reverse = reverse;
     s.hs = reinterpret_cast<float*>(hs); s.cs = reinterpret_cast<float*>(cs); s.ws = reinterpret_cast<float*>(ws);
+    s.threads = nthreads;
     if (T * B * H == 0) return;
     py::gil_scoped_release nogil;
     rnn_sequence_cpu(s);
@@ -196,14 +202,14 @@ PYBIND11_MODULE(_C, m) {
   // backward; the biases of u0, u1, v0, v1).
   cpu.def("product_pool", [](int64_t G, int64_t N, int64_t S, int64_t R, int64_t rep0, int64_t rep1,
                              bool rank_major, bool relu, bool backward, int64_t zs, int64_t z2,
-                             const std::vector<uintptr_t>& p) {
+                             const std::vector<uintptr_t>& p, int nthreads) {
     if (p.size() != 14) throw std::invalid_argument("product_pool: expected 14 pointers");
     if (G < 0 || N < 0 || S < 0 || R < 0 || rep0 < 1 || rep1 < 1 || (rep0 > 1 && rep1 > 1) ||
         (N % rep0) || (N % rep1))
       throw std::invalid_argument("product_pool: bad sizes");
     PoolArgs a;
     a.G = G; a.N = N; a.S = S; a.R = R; a.rep0 = rep0; a.rep1 = rep1; a.rank_major = rank_major; a.relu = relu;
-    a.zs = zs; a.z2 = z2;
+    a.zs = zs; a.z2 = z2; a.threads = nthreads;
     auto c = [](uintptr_t q) { return reinterpret_cast<const float*>(q); };
     auto w = [](uintptr_t q) { return reinterpret_cast<float*>(q); };
     a.u0 = c(p[0]); a.u1 = c(p[1]); a.v0 = c(p[2]); a.v1 = c(p[3]); a.z = w(p[4]); a.dz = c(p[5]);
@@ -249,7 +255,7 @@ PYBIND11_MODULE(_C, m) {
   cpu.def("rnn_sequence_backward", [](int kind, int64_t T, int64_t B, int64_t H, uintptr_t dout, uintptr_t dhT,
                                       uintptr_t dcT, uintptr_t hs, uintptr_t cs, uintptr_t ws, uintptr_t h0,
                                       uintptr_t c0, uintptr_t w_hh, uintptr_t lengths, bool reverse, uintptr_t dgi,
-                                      uintptr_t dgh, uintptr_t dh0, uintptr_t dc0) {
+                                      uintptr_t dgh, uintptr_t dh0, uintptr_t dc0, int nthreads) {
     if (T < 0 || B < 0 || H < 0) throw std::invalid_argument("rnn_sequence_backward: negative size");
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("rnn_sequence_backward: wrong kind");
     if (T * B * H > 0 && (!hs || !w_hh || !dgi || ((kind == kLstm || kind == kGru) && !ws) ||
@@ -261,7 +267,7 @@ PYBIND11_MODULE(_C, m) {
     s.kind = kind; s.T = T; s.B = B; s.H = H;
     s.dout = f(dout); s.dhT = f(dhT); s.dcT = f(dcT); s.hs = f(hs); s.cs = f(cs); s.ws = f(ws); s.h0 = f(h0);
     s.c0 = f(c0); s.w_hh = f(w_hh); s.lengths = reinterpret_cast<const int64_t*>(lengths); s.reverse = reverse;
-    s.dgi = w(dgi); s.dgh = w(dgh); s.dh0 = w(dh0); s.dc0 = w(dc0);
+    s.dgi = w(dgi); s.dgh = w(dgh); s.dh0 = w(dh0); s.dc0 = w(dc0); s.threads = nthreads;
     if (T * B * H == 0) return;
     py::gil_scoped_release nogil;
     rnn_sequence_backward_cpu(s);

@@ -107,3 +107,42 @@ def test_large_cpu_buffers_ask_for_huge_pages(monkeypatch):
     assert big.sum().item() == 2.0 * big.numel()
     # no whole 2 MB page inside, or a null range: nothing is advised, and nothing fails
     assert real(big.data_ptr(), 4096) is False and real(0, 0) is False
+
+
+_THREADS_SCRIPT = """
+import os, sys, threading, torch, crossfuse
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+def run_all():  # each crossfuse CPU kernel with a parallel region, at sizes past its threshold
+    x = torch.randn(64, 256, requires_grad=True)
+    cell = crossfuse.nn.LSTMCell(256, 256, backend="cpu")
+    with torch.no_grad():
+        cell(x[:8])  # the single-call step
+    cell(x)[0].sum().backward()  # the gate kernels, forward and backward
+    lstm = crossfuse.nn.LSTM(64, 256, backend="cpu")
+    lstm(torch.randn(5, 8, 64, requires_grad=True))[0].sum().backward()  # recurrence and GEMMs, both ways
+    block = crossfuse.nn.Block([64, 64], 32, mm_dim=64, chunks=2, rank=4)
+    with crossfuse.use_backend("cpu"):
+        block([torch.randn(512, 64, requires_grad=True), torch.randn(512, 64)]).sum().backward()  # product pool
+torch.set_num_threads(int(sys.argv[1]))
+out = []
+def body():  # a thread OpenMP has not seen, so none of its thread pools exist yet
+    before = tasks()
+    run_all()
+    out.append(tasks() - before)
+t = threading.Thread(target=body)
+t.start()
+t.join()
+print(out[0])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc/self/task")
+def test_cpu_kernels_follow_torch_set_num_threads():
+    # A thread that OpenMP has not seen starts from its default thread count, whatever torch.set_num_threads said
+    # (and a torch built on another OpenMP runtime never tells crossfuse's): every kernel takes torch's count.
+    def new_threads(n):  # a fresh process each: no thread of an earlier run is still there, or still exiting
+        run = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(n)], capture_output=True, text=True, check=True)
+        return int(run.stdout)
+    assert new_threads(1) == 0  # no worker threads where torch allows one thread
+    assert new_threads(2) >= 1  # the check sees them: the same work on two threads starts a worker

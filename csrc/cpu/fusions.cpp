@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "crossfuse/common.h"
+
 namespace crossfuse {
 namespace {
 
@@ -31,7 +33,8 @@ void pool_fwd(const PoolArgs& a) {
   const int64_t G = a.G, N = a.N, S = a.S, R = a.R, RS = R * S;
   const int64_t N0 = N / a.rep0, N1 = N / a.rep1;
   const std::vector<float> zeros(RS, 0.f);
-#pragma omp parallel for collapse(2) schedule(static) if (G * N * RS >= kParallelMin)
+  const int nt = G * N * RS >= kParallelMin ? cpu_threads(a.threads) : 1;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t g = 0; g < G; ++g)
     for (int64_t n = 0; n < N; ++n) {
       const BiasRows br(a, g, RS, zeros.data());
@@ -80,7 +83,8 @@ void pool_bwd(const PoolArgs& a) {
   const int64_t rep = std::max(a.rep0, a.rep1), outer = N / rep;
   const int64_t N0 = N / a.rep0, N1 = N / a.rep1;
   const std::vector<float> zeros(RS, 0.f);
-#pragma omp parallel for collapse(2) schedule(static) if (G * N * RS >= kParallelMin)
+  const int nt = G * N * RS >= kParallelMin ? cpu_threads(a.threads) : 1;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t g = 0; g < G; ++g)
     for (int64_t o = 0; o < outer; ++o) {
       const BiasRows br(a, g, RS, zeros.data());

@@ -294,6 +294,15 @@ void gemm_slice(const Job& j, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
 
 }  // namespace
 
+int cpu_threads(int requested) {
+#if defined(_OPENMP)
+  return requested > 0 ? requested : omp_get_max_threads();
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
 void sgemm_cpu(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t rsa, int64_t csa,
                const float* B, int64_t rsb, int64_t csb, float beta, float* C, int64_t ldc, const float* bias,
                int nthreads, bool generic) {
@@ -310,10 +319,7 @@ void sgemm_cpu(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int
   const bool v3 = false;
 #endif
   const Job job{K, alpha, beta, A, rsa, csa, B, rsb, csb, C, ldc, bias, v3};
-  int nt = 1;
-#if defined(_OPENMP)
-  nt = nthreads > 0 ? nthreads : omp_get_max_threads();
-#endif
+  int nt = cpu_threads(nthreads);
   // Each thread packs all of the operand the split does not divide: split the one whose duplicate packing costs
   // more (B once per depth block, A once per column block of a thread's share), as long as it has the panels.
   const int64_t mp = (M + MR - 1) / MR, np = (N + NR - 1) / NR;

@@ -31,14 +31,14 @@ void rnn_sequence_cpu(const SeqArgs& s) {
   const int64_t T = s.T, B = s.B, H = s.H, BH = B * H;
   const int64_t G = s.kind == kLstm ? 4 : (s.kind == kGru ? 3 : 1);
   const int64_t blocks = (H + kSmallUnits - 1) / kSmallUnits;
-  const bool par = B * G * H * H >= kSmallParallelMacs && blocks >= 2;
-  (void)par;
+  const int threads = B * G * H * H >= kSmallParallelMacs && blocks >= 2 ? cpu_threads(s.threads) : 1;
+  (void)threads;
   // LSTM/GRU over several steps: repack R by unit block once (each thread its own blocks), so that each step
   // streams it contiguously and sums whole vectors of units.
   const bool pack = G > 1 && T >= kPackMinSteps && B <= kSmallMaxBatch;
   std::vector<float> packed(pack ? blocks * H * G * kSmallUnits : 0);
 #if defined(_OPENMP)
-#pragma omp parallel if (par)
+#pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
   {
     const auto [nt, id] = thread_slot();
@@ -165,14 +165,10 @@ void sequence_backward(const SeqBwdArgs& s) {
   if (s.dhT) std::copy(s.dhT, s.dhT + BH, dh.begin());
   if (s.dcT) std::copy(s.dcT, s.dcT + BH, dcs[0].begin());
   const int64_t first = s.reverse ? T - 1 : 0;
-  const bool par = BH * GH >= (1 << 15);
+  const int threads = BH * GH >= (1 << 15) ? cpu_threads(s.threads) : 1;
+  const bool by_rows = threads > 1 && B >= 2 * threads;
 #if defined(_OPENMP)
-  const bool by_rows = par && B >= 2 * omp_get_max_threads();
-#else
-  const bool by_rows = false;
-#endif
-#if defined(_OPENMP)
-#pragma omp parallel if (par)
+#pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
   {
     const auto [nt, id] = thread_slot();

@@ -33,6 +33,7 @@ struct CellArgs {
   int kind = 0, dtype = 0;
   int64_t B = 0, H = 0;
   View v[kNumCellSlots];
+  int threads = 0;  // CPU: see cpu_threads (crossfuse/common.h)
 };
 
 // ---- pointwise math on fp32 values -------------------------------------------------------

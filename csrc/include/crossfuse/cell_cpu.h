@@ -160,8 +160,9 @@ void run_cell_cpu(const CellArgs& a, bool backward) {
     else cell_forward_rows<T, KIND>(a, b0, b1);
   };
 #if defined(_OPENMP)
-  if (work >= (1 << 16) && a.B > 1) {
-#pragma omp parallel
+  const int nt = work >= (1 << 16) && a.B > 1 ? cpu_threads(a.threads) : 1;
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
     {
       int nt = omp_get_num_threads(), t = omp_get_thread_num();
       int64_t chunk = (a.B + nt - 1) / nt, b0 = t * chunk, b1 = std::min(a.B, b0 + chunk);

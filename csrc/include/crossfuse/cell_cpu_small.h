@@ -28,6 +28,7 @@ struct SmallCellArgs {
   int64_t sgi = 0, sws = 0;
   // Sequence use, LSTM/GRU: w_hh repacked by unit block (pack_units_cpu), or null for the row-dot GEMV.
   const float* w_packed = nullptr;
+  int threads = 0;  // the single-call step's parallel region: see cpu_threads (crossfuse/common.h)
 };
 
 constexpr int kSmallMaxBatch = 16;       // batch rows per pass over a block's weight rows
@@ -442,8 +443,9 @@ void small_cell(const SmallCellArgs& a) {
   const int64_t macs = a.B * a.H * (KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1)) * ((a.gi_pre ? 0 : a.I) + a.H);
 #if defined(_OPENMP)
   const int64_t blocks = (a.H + kSmallUnits - 1) / kSmallUnits;
-  if (macs >= kSmallParallelMacs && blocks >= 2) {
-#pragma omp parallel
+  const int nt = macs >= kSmallParallelMacs && blocks >= 2 ? cpu_threads(a.threads) : 1;
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
     {
       const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
       const int64_t per = (blocks + nt - 1) / nt, b0 = t * per, b1 = std::min(blocks, b0 + per);

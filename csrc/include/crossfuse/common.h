@@ -33,6 +33,11 @@
 
 namespace crossfuse {
 
+// The thread count of a CPU kernel's parallel region: the caller's (Python passes torch.get_num_threads(), so
+// torch.set_num_threads governs crossfuse too, in any thread and whichever OpenMP runtime each was built
+// with), or the OpenMP default where it passes 0 (csrc/cpu/gemm.cpp).
+int cpu_threads(int requested);
+
 // Dtype codes, the same numbers as crossfuse/_backend.py DTYPE_CODES.
 enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 

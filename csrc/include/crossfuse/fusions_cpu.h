@@ -15,6 +15,7 @@ struct PoolArgs {
   const float* dz = nullptr;                 // backward: like z
   int64_t zs = 0, z2 = 0;                    // z's row stride; the second stage's columns: z2 further on
   float *du0 = nullptr, *du1 = nullptr, *dv0 = nullptr, *dv1 = nullptr;  // backward: like u0 ... v1
+  int threads = 0;  // see cpu_threads (crossfuse/common.h)
 };
 
 void product_pool_cpu(const PoolArgs& a, bool backward);

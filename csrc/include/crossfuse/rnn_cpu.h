@@ -16,6 +16,7 @@ struct SeqArgs {
   bool reverse = false;
   float *hs = nullptr, *cs = nullptr;  // (T, B, H) state after each step (cs: LSTM only)
   float* ws = nullptr;                 // (T, B, 4H) activated gates for the backward, or null
+  int threads = 0;                     // see cpu_threads (crossfuse/common.h)
 };
 
 void rnn_sequence_cpu(const SeqArgs& s);
@@ -32,6 +33,7 @@ struct SeqBwdArgs {
   bool reverse = false;
   float *dgi = nullptr, *dgh = nullptr;  // (T, B, G*H); dgh GRU only (the recurrent side differs there)
   float *dh0 = nullptr, *dc0 = nullptr;  // (B, H)
+  int threads = 0;                       // see cpu_threads (crossfuse/common.h)
 };
 
 void rnn_sequence_backward_cpu(const SeqBwdArgs& s);

@@ -52,7 +52,7 @@ def run_kernel(kind: str, backend: str, backward: bool, B: int, H: int, dtype: t
         return
     args = (KINDS[kind], _backend.DTYPE_CODES[dtype], B, H, backward, _pack(views))
     if backend == "cpu":
-        getattr(_backend.ext.cpu, op)(*args)
+        getattr(_backend.ext.cpu, op)(*args, torch.get_num_threads())
     else:
         device = next(t for t in views.values() if t is not None).device
         getattr(_backend.ext.cuda, op)(*args, _backend.cuda_stream(device))
@@ -220,7 +220,7 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
         0 if hx is None else hx.data_ptr(), 0 if hx is None else hx.stride()[0],
         0 if cx is None else cx.data_ptr(), 0 if cx is None else cx.stride()[0],
         w_ih.data_ptr(), w_hh.data_ptr(), 0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
-        hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H)
+        hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H, torch.get_num_threads())
     return hy, cy
 
 

@@ -31,7 +31,7 @@ def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *, bet
     # Packing costs a pass over each operand: below about 16 rows of C (a GEMV) that is as much as the product.
     if (M >= _MIN_ROWS and ext is not None and _covered(a) and _covered(b) and _covered(out)
             and (out.stride(1) == 1 or N <= 1) and (bias is None or (_covered(bias) and bias.stride(0) == 1))):
-        # torch's thread count, which the extension's OpenMP runtime (not torch's copy) does not see
+        # torch's thread count, as every CPU kernel takes it: torch.set_num_threads governs crossfuse too
         ext.cpu.sgemm(M, N, K, 1.0, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
                       float(beta), out.data_ptr(), out.stride(0), 0 if bias is None else bias.data_ptr(),
                       torch.get_num_threads(), False)

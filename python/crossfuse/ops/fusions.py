@@ -88,7 +88,7 @@ def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu, ke
         ug = [_gemm.mm(xs[k % 2][:, g * w.shape[2]:(g + 1) * w.shape[2]], w[g].t(), out=us[k][g] if keep else None)
               for k, w in enumerate(ws[:2 * P])]
         _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, False, P * G * S, G * S,
-                                      _pool_pointers(g, S, P, ug, z=z, bs=bs))
+                                      _pool_pointers(g, S, P, ug, z=z, bs=bs), torch.get_num_threads())
     return z, us
 
 
@@ -113,7 +113,7 @@ def _backward_cpu(dz, us, tensors, R, rank_major, relu, needs):
         ug = [u[g] for u in us]
         dug = [torch.empty_like(u) for u in ug]
         _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, True, P * G * S, G * S,
-                                      _pool_pointers(g, S, P, ug, dz=dz, dus=dug, bs=bs))
+                                      _pool_pointers(g, S, P, ug, dz=dz, dus=dug, bs=bs), torch.get_num_threads())
         for k, du in enumerate(dug):
             side, (wi, bi) = k % 2, slots[k]
             K = ws[k].shape[2]

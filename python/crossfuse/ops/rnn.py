@@ -143,7 +143,8 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
         lens = None if lengths is None else lengths.to(torch.int64).contiguous()
         keep = [*map(_contig, (w_hh, b_ih, b_hh, h0, c0)), lens]  # alive until the call returns
         _backend.ext.cpu.rnn_sequence(KINDS[kind], T, B, H, gi.data_ptr(), gi.stride(0), gi.stride(1),
-                                      *map(_ptr, keep), reverse, hs.data_ptr(), _ptr(cs), _ptr(ws))
+                                      *map(_ptr, keep), reverse, hs.data_ptr(), _ptr(cs), _ptr(ws),
+                                      torch.get_num_threads())
         return hs, cs, ws
     if backend == "triton" and _triton_rnn().fits(B, H):
         _triton_rnn().forward(kind, gi.contiguous(), w_hh.contiguous(), None if b_hh is None else b_hh.contiguous(),
@@ -175,7 +176,7 @@ def _backward_steps_cpu(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths,
     keep = [c(dout), c(dhT), c(dcT), c(h0), c(c0), c(w_hh), c(lengths)]
     _backend.ext.cpu.rnn_sequence_backward(
         KINDS[kind], T, B, H, *map(ptr, keep[:3]), hs.data_ptr(), ptr(cs), ptr(ws), *map(ptr, keep[3:]), reverse,
-        dgi.data_ptr(), ptr(dgh if kind == "gru" else None), dh.data_ptr(), ptr(dc))
+        dgi.data_ptr(), ptr(dgh if kind == "gru" else None), dh.data_ptr(), ptr(dc), torch.get_num_threads())
     return dh, dc
 
 
