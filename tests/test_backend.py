@@ -146,3 +146,33 @@ def test_cpu_kernels_follow_torch_set_num_threads():
         return int(run.stdout)
     assert new_threads(1) == 0  # no worker threads where torch allows one thread
     assert new_threads(2) >= 1  # the check sees them: the same work on two threads starts a worker
+
+
+def test_cpu_kernels_give_the_same_bits_on_any_thread_count():
+    # Threads split outputs (units, rows, tiles), never a sum: one thread's results are the two threads' results.
+    def run():
+        torch.manual_seed(0)
+        x = torch.randn(64, 256, requires_grad=True)
+        cell = crossfuse.nn.LSTMCell(256, 256, backend="cpu")
+        with torch.no_grad():
+            step = cell(x[:8])
+        gates = cell(x)
+        lstm = crossfuse.nn.LSTM(64, 256, backend="cpu")
+        seq = lstm(torch.randn(5, 8, 64))
+        block = crossfuse.nn.Block([64, 64], 32, mm_dim=64, chunks=2, rank=4)
+        xb = torch.randn(512, 64, requires_grad=True)  # past the product pool's and the GEMM's thresholds
+        with crossfuse.use_backend("cpu"):
+            z = block([xb, torch.randn(512, 64)])
+        outs = [*step, *gates, seq[0], *seq[1], z]
+        grads = torch.autograd.grad(sum(o.sum() for o in outs[2:]), [x, xb, *cell.parameters(), *lstm.parameters(),
+                                                                       *block.parameters()])
+        return [o.detach() for o in outs] + list(grads)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(one) == len(two) and all(torch.equal(a, b) for a, b in zip(one, two))
