@@ -140,7 +140,7 @@ PYBIND11_MODULE(_C, m) {
   const char* sig = "kind, dtype, B, H, backward, slots, nthreads";
   auto cpu = m.def_submodule("cpu", "CPU kernels");
   // Every CPU entry with a parallel region takes `nthreads` last: Python passes torch.get_num_threads() (0 would
-  // mean OpenMP's default), so that torch.set_num_threads, DataLoader workers' 1 included, governs crossfuse too.
+  // mean OpenMP's default), so that torch.set_num_threads governs crossfuse too, in every thread.
   cpu.def("rnn_cell", &cpu_entry<rnn_cell_cpu>, sig);
   cpu.def("lstm_cell", &cpu_entry<lstm_cell_cpu>, sig);
   cpu.def("gru_cell", &cpu_entry<gru_cell_cpu>, sig);

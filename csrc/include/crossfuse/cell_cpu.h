@@ -160,9 +160,9 @@ void run_cell_cpu(const CellArgs& a, bool backward) {
     else cell_forward_rows<T, KIND>(a, b0, b1);
   };
 #if defined(_OPENMP)
-  const int nt = work >= (1 << 16) && a.B > 1 ? cpu_threads(a.threads) : 1;
-  if (nt > 1) {
-#pragma omp parallel num_threads(nt)
+  const int threads = work >= (1 << 16) && a.B > 1 ? cpu_threads(a.threads) : 1;
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
     {
       int nt = omp_get_num_threads(), t = omp_get_thread_num();
       int64_t chunk = (a.B + nt - 1) / nt, b0 = t * chunk, b1 = std::min(a.B, b0 + chunk);

@@ -443,9 +443,9 @@ void small_cell(const SmallCellArgs& a) {
   const int64_t macs = a.B * a.H * (KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1)) * ((a.gi_pre ? 0 : a.I) + a.H);
 #if defined(_OPENMP)
   const int64_t blocks = (a.H + kSmallUnits - 1) / kSmallUnits;
-  const int nt = macs >= kSmallParallelMacs && blocks >= 2 ? cpu_threads(a.threads) : 1;
-  if (nt > 1) {
-#pragma omp parallel num_threads(nt)
+  const int threads = macs >= kSmallParallelMacs && blocks >= 2 ? cpu_threads(a.threads) : 1;
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
     {
       const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
       const int64_t per = (blocks + nt - 1) / nt, b0 = t * per, b1 = std::min(blocks, b0 + per);
