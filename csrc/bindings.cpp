@@ -145,10 +145,11 @@ PYBIND11_MODULE(_C, m) {
   cpu.def("lstm_cell", &cpu_entry<lstm_cell_cpu>, sig);
   cpu.def("gru_cell", &cpu_entry<gru_cell_cpu>, sig);
   cpu.attr("cell_step_max_batch") = kSmallStepMaxBatch;
-  // fp32, rows contiguous, no autograd: GEMVs and gate math in one call. Pointers 0 = absent.
+  // fp32, rows contiguous: GEMVs and gate math in one call. Pointers 0 = absent; ws (B, 4H) contiguous receives the
+  // activated gates for the backward (LSTM i f g o, GRU r z n hn), as the gate kernels' forward writes them.
   cpu.def("cell_step", [](int kind, int64_t B, int64_t I, int64_t H, uintptr_t x, int64_t sx, uintptr_t hx, int64_t sh,
                           uintptr_t cx, int64_t sc, uintptr_t w_ih, uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh,
-                          uintptr_t hy, int64_t shy, uintptr_t cy, int64_t scy, int nthreads) {
+                          uintptr_t hy, int64_t shy, uintptr_t cy, int64_t scy, uintptr_t ws, int nthreads) {
     if (B < 0 || B > kSmallStepMaxBatch || I < 0 || H < 0)
       throw std::invalid_argument("cell_step: batch must be in [0, " + std::to_string(kSmallStepMaxBatch) + "]");
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("cell_step: wrong kind");
@@ -160,6 +161,7 @@ PYBIND11_MODULE(_C, m) {
     a.x = f(x); a.hx = f(hx); a.cx = f(cx); a.w_ih = f(w_ih); a.w_hh = f(w_hh); a.b_ih = f(b_ih); a.b_hh = f(b_hh);
     a.hy = reinterpret_cast<float*>(hy); a.cy = reinterpret_cast<float*>(cy);
     a.sx = sx; a.sh = sh; a.sc = sc; a.shy = shy; a.scy = scy; a.threads = nthreads;
+    if (kind == kLstm || kind == kGru) { a.ws = reinterpret_cast<float*>(ws); a.sws = 4 * H; }
     if (B * H == 0) return;
     py::gil_scoped_release nogil;
     cell_step_cpu(a);

@@ -200,9 +200,30 @@ def make_tests(kinds):
     def test_cuda_single_launch_step_on_gpu(kind, dtype, B, I, H, variant, threads):
         check_cuda_step(kind, dtype, B, I, H, variant, threads, device="cuda")
 
+    @pytest.mark.parametrize("kind", kinds)
+    def test_cpu_training_forward_is_one_call(kind, monkeypatch):
+        check_training_step(kind, monkeypatch)
+
     return {f.__name__: f for f in (test_against_reference, test_module_is_drop_in, test_backward_is_deterministic,
                                     test_bad_input, test_cuda_single_launch_step_on_host_threads,
-                                    test_cuda_single_launch_step_on_gpu)}
+                                    test_cuda_single_launch_step_on_gpu, test_cpu_training_forward_is_one_call)}
+
+
+def check_training_step(kind, monkeypatch):
+    """fp32 on CPU at a small batch with autograd on: the forward is the single C++ step (both GEMVs and the
+    gates), which keeps the activated gates for the backward (LSTM, GRU); check_cell checks its values."""
+    from crossfuse import _backend
+    calls = []
+    real = _backend.ext.cpu.cell_step
+    monkeypatch.setattr(_backend.ext.cpu, "cell_step", lambda *a: calls.append(a[-2]) or real(*a))
+    t = make_inputs(kind, 4, 6, 5, "plain", torch.float32, "cpu")
+    for v in t.values():
+        if v is not None:
+            v.requires_grad_()
+    outs = call(kind, crossfuse.ops, t, backend="cpu")
+    assert len(calls) == 1 and (calls[0] != 0) == (kind in ("lstm", "gru"))  # the workspace, for gated cells
+    sum(o.sum() for o in outs).backward()
+    assert all(v.grad is not None for v in t.values() if v is not None)
 
 
 # (B, I, H, variant, threads per block): one row; the passes of 8 batch rows (8 + 8 + 4); odd sizes with rows

@@ -1,9 +1,10 @@
 """Machinery shared by the fused recurrent cells (rnn_cell, lstm_cell, gru_cell).
 
 The two GEMMs run in torch; the gate math (bias adds, activations, state update) is one fused kernel
-per backend, forward and backward. Three entry paths share `cell_forward` / `cell_backward`:
-no-grad eager calls them directly (lean: the op-call overhead matters at small shapes), eager
-autograd goes through `_CellFunction`, and torch.compile sees a `torch.library.custom_op`.
+per backend, forward and backward; on the cpu backend a small fp32 step's forward is one C++ call, the GEMVs
+included. Three entry paths share `cell_forward` / `cell_backward`: no-grad eager calls them directly (lean:
+the op-call overhead matters at small shapes), eager autograd goes through `_CellFunction`, and torch.compile
+sees a `torch.library.custom_op`.
 """
 from __future__ import annotations
 
@@ -59,7 +60,12 @@ def run_kernel(kind: str, backend: str, backward: bool, B: int, H: int, dtype: t
 
 
 def cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws):
-    """Fused forward of one step: returns (hy, cy or None, workspace or None)."""
+    """Fused forward of one step: returns (hy, cy or None, workspace or None). On the cpu backend a step that
+    fits the single-call kernel (fp32, small batch) is that one call, the GEMVs included."""
+    if backend == "cpu":
+        out = _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws)
+        if out is not None:
+            return out if need_ws else (*out, None)
     B, H = x.shape[0], w_hh.shape[1]
     new = _backend.empty
     gi = torch.mm(x, w_ih.t())
@@ -187,11 +193,12 @@ _CPU = torch.device("cpu")
 _STEP_MAX_BATCH = _backend.ext.cpu.cell_step_max_batch if _backend.ext is not None else 0
 
 
-def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    """A no-grad call on CPU for the cpu backend that fits the single-call step (fp32, small batch, unit-stride
-    rows) runs here as one C++ call; otherwise None, and the general path, with its full checks, runs instead.
-    At these sizes the Python around the kernel costs as much as the kernel, so every check here is a cheap
-    attribute test (about 0.1 us each)."""
+def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
+    """A call on CPU for the cpu backend that fits the single-call step (fp32, small batch, unit-stride rows)
+    runs here as one C++ call: (hy, cy), or with `need_ws` (hy, cy, ws), ws the activated gates the backward
+    reads; otherwise None, and the general path, with its full checks, runs instead. At these sizes the Python
+    around the kernel costs as much as the kernel, so every check here is a cheap attribute test (about 0.1 us
+    each)."""
     f32 = _F32
     if x.dtype is not f32 or x.ndim != 2:
         return None
@@ -215,13 +222,15 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
     else:  # new_empty with the sizes as arguments: a third of torch.empty(shape, dtype=, device=)'s cost
         hy = x.new_empty(B, H)
         cy = x.new_empty(B, H) if kind == "lstm" else None
+    ws = _backend.empty((B, 4 * H), dtype=f32, device=_CPU) if need_ws and kind in ("lstm", "gru") else None
     _backend.ext.cpu.cell_step(
         KINDS[kind], B, I, H, x.data_ptr(), x.stride()[0],
         0 if hx is None else hx.data_ptr(), 0 if hx is None else hx.stride()[0],
         0 if cx is None else cx.data_ptr(), 0 if cx is None else cx.stride()[0],
         w_ih.data_ptr(), w_hh.data_ptr(), 0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
-        hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H, torch.get_num_threads())
-    return hy, cy
+        hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H, 0 if ws is None else ws.data_ptr(),
+        torch.get_num_threads())
+    return (hy, cy, ws) if need_ws else (hy, cy)
 
 
 # The cuda backend's single-launch step (csrc/cuda/cell_step.cu): up to this many batch rows; none with
@@ -357,8 +366,7 @@ def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend, module=None):
             out = _CellFunction.apply(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
             hy, cy = out if kind == "lstm" else (out, None)
         else:
-            out = _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh) if backend == "cpu" and unbatched else None
-            hy, cy = out if out is not None else cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, False)[:2]
+            hy, cy = cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, False)[:2]
     if unbatched:
         hy = hy.squeeze(0)
         cy = None if cy is None else cy.squeeze(0)
