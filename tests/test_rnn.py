@@ -19,8 +19,10 @@ GATES = {"lstm": 4, "gru": 3}
 SHAPES = [(1, 1, 1, 1, None, False, True), (7, 5, 13, 37, (7, 3, 0, 5, 1), False, True),
           (6, 4, 8, 19, (2, 6, 1, 6), True, False), (5, 3, 6, 9, None, True, True)]
 # large enough for the CPU kernel's threads (its backward splits B = 6 by rows, B = 3 by columns) and its
-# three-row GEMV tiles; the Triton kernel's tiles have their own test below
-THREAD_SHAPES = [(5, 6, 8, 64, (5, 2, 4, 0, 5, 3), False, True), (4, 3, 7, 67, None, True, False)]
+# three-row GEMV tiles, and one step with no state (the cells' single call, threaded); the Triton kernel's tiles
+# have their own test below
+THREAD_SHAPES = [(5, 6, 8, 64, (5, 2, 4, 0, 5, 3), False, True), (4, 3, 7, 67, None, True, False),
+                 (1, 6, 8, 64, None, False, False)]
 
 
 def _inputs(kind, T, B, I, H, with_state, dtype, device):
@@ -283,6 +285,29 @@ def test_unbatched_zero_batch_and_single_step():
     assert out.shape == (4, 0, 4) and h.shape == (2, 0, 4)
     out, (h, c) = m(torch.randn(1, 1, 3))
     torch.testing.assert_close(out[0], h[-1])
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_single_step_is_the_cells_one_call(cls, monkeypatch):
+    # A decoder feeds one step at a time: T = 1 on CPU is the cells' single C++ call (input GEMV included), with
+    # and without autograd, never the input GEMM then the sequence loop; values as torch.nn's, both ways.
+    from crossfuse import _backend
+    calls = []
+    for name in ("cell_step", "rnn_sequence"):
+        real = getattr(_backend.ext.cpu, name)
+        monkeypatch.setattr(_backend.ext.cpu, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    m = getattr(crossfuse.nn, cls)(5, 7, num_layers=2)
+    theirs = getattr(torch.nn, cls)(5, 7, num_layers=2)
+    theirs.load_state_dict(m.state_dict())
+    x = torch.randn(1, 3, 5, requires_grad=True)
+    with torch.no_grad():
+        for a, b in zip(_flatten(m(x)), _flatten(theirs(x))):
+            torch.testing.assert_close(a, b)
+    assert calls == ["cell_step"] * 2  # one call per layer
+    ours, ref = m(x)[0].sum(), theirs(x)[0].sum()
+    assert calls == ["cell_step"] * 4
+    for a, b in zip(torch.autograd.grad(ours, [x, *m.parameters()]), torch.autograd.grad(ref, [x, *theirs.parameters()])):
+        torch.testing.assert_close(a, b)
 
 
 def test_dropout_between_layers():

@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from crossfuse import _backend
 from crossfuse.ops import _gemm
-from crossfuse.ops._cell import BACKENDS, GATES, KINDS, run_kernel
+from crossfuse.ops._cell import BACKENDS, GATES, KINDS, _try_cpu_step, run_kernel
 
 OPS = ("rnn", "lstm", "gru")
 for _op in OPS:
@@ -125,6 +125,11 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
     H = w_hh.shape[1]
     coop = _persistent_for(backend, kind, B, H, x)
     cpu32 = coop is None and backend == "cpu" and x.dtype == torch.float32
+    if cpu32 and T == 1 and lengths is None:  # one step (a decoder's): the cells' single call, input GEMV included
+        step = _try_cpu_step(kind, x[0], h0, c0, w_ih, w_hh, b_ih, b_hh, need_ws)
+        if step is not None:
+            hy, cy, ws = step if need_ws else (*step, None)
+            return hy.unsqueeze(0), None if cy is None else cy.unsqueeze(0), None if ws is None else ws.unsqueeze(0)
     if cpu32:  # on CPU a GEMM with a bias first copies it into every row of gi: the recurrence adds b_ih instead
         gi = _gemm.mm(x.reshape(T * B, I), w_ih.t()).view(T, B, w_ih.shape[0])
     else:
