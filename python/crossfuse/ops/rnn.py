@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from crossfuse import _backend
 from crossfuse.ops import _gemm
-from crossfuse.ops._cell import BACKENDS, GATES, KINDS, _try_cpu_step, run_kernel
+from crossfuse.ops._cell import _CPU, BACKENDS, GATES, KINDS, _try_cpu_step, run_kernel
 
 OPS = ("rnn", "lstm", "gru")
 for _op in OPS:
@@ -389,8 +389,31 @@ def _check(op, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
     return None
 
 
+def _one_step(kind, op, input, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
+    """A no-grad single step on the cpu backend that fits the cells' single call, before any other check (its
+    own checks are the ones that matter there, and a decoder calls this once per token): (out, h_n, c_n), or None
+    and the general path, with its full checks, runs."""
+    if not (type(input) is torch.Tensor and input.is_cpu and input.ndim == 3 and input.shape[0] == 1) or (
+            torch.compiler.is_compiling() or _backend.choose(op, _CPU, backend) != "cpu"
+            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                for t in (input, h0, c0, w_ih, w_hh, b_ih, b_hh)))):
+        return None
+    try:
+        step = _try_cpu_step(kind, input[0], h0, c0, w_ih, w_hh, b_ih, b_hh)
+    except (AttributeError, TypeError, ValueError):
+        return None  # malformed arguments: the general path says what is wrong
+    if step is None:
+        return None
+    hy, cy = step
+    return hy.unsqueeze(0), hy, cy
+
+
 def layer(kind, input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, backend=None):
     op = _op_of(kind)
+    if lengths is None:
+        out = _one_step(kind, op, input, h0, c0, w_ih, w_hh, b_ih, b_hh, backend)
+        if out is not None:
+            return out
     lengths = _check(op, kind, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     if torch.compiler.is_compiling():
         if backend == "reference":
