@@ -15,6 +15,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from crossfuse import _backend
+from crossfuse.ops import _gemm
 
 KINDS = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_sigmoid": 2, "lstm": 3, "gru": 4}
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_sigmoid": 1, "lstm": 4, "gru": 3}
@@ -98,16 +99,17 @@ def cell_backward(kind, backend, dhy, dcy, x, hx, cx, w_ih, w_hh, hy, ws, need):
                {"dhy": dhy, "dcy": dcy, "hx": hx, "cx": cx, "hy": hy, "ws": ws,
                 "dgi": dgi, "dgh": dgh, "dhx": dhx_direct, "dcx": dcx})
     dgh = dgi if dgh is None else dgh
-    dx = torch.mm(dgi, w_ih) if need[0] else None
+    mm = _gemm.mm if backend == "cpu" else torch.mm  # crossfuse's GEMM for fp32 (torch's below 16 rows, or else)
+    dx = mm(dgi, w_ih) if need[0] else None
     dhx = None
     if hx is not None and need[1]:
-        dhx = torch.mm(dgh, w_hh)
+        dhx = mm(dgh, w_hh)
         if dhx_direct is not None:
             dhx += dhx_direct
-    dw_ih = torch.mm(dgi.t(), x) if need[3] else None
+    dw_ih = mm(dgi.t(), x) if need[3] else None
     dw_hh = None
     if need[4]:
-        dw_hh = torch.mm(dgh.t(), hx) if hx is not None else torch.zeros_like(w_hh)
+        dw_hh = mm(dgh.t(), hx) if hx is not None else torch.zeros_like(w_hh)
     db_ih = dgi.sum(0) if need[5] else None
     db_hh = dgh.sum(0) if need[6] else None
     return dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh
