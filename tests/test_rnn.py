@@ -339,6 +339,11 @@ def test_bad_input_names_the_argument():
         crossfuse.nn.GRU(3, 5)(x, torch.randn(2, 2, 5))
     with pytest.raises(ValueError, match="nonlinearity"):
         crossfuse.nn.RNN(3, 5, nonlinearity="gelu")
+    # a single step tries the cells' one call first: malformed arguments still get the layer's errors
+    with pytest.raises(TypeError, match="w_ih to be a torch.Tensor"):
+        crossfuse.ops.lstm(x[:1], None, w_ih.tolist(), w_hh)
+    with pytest.raises(ValueError, match=r"h0 of shape \(2, 5\)"):
+        crossfuse.ops.lstm(x[:1], (torch.randn(3, 5), torch.randn(2, 5)), w_ih, w_hh)
 
 
 @pytest.mark.parametrize("bidirectional,with_state", [(False, True), (True, False)])

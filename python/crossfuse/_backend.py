@@ -36,8 +36,9 @@ except ImportError as e:  # pragma: no cover - exercised only on broken installs
 FILL_NAN = False
 
 
-# CPU buffers from this size up ask for huge pages (ext.cpu.advise_huge_pages): the first touch of a fresh 24 MB
-# buffer took 10.6 ms in 4 KB pages and 2.6 ms in 2 MB ones on the dev VM.
+# CPU buffers from this size up ask for huge pages (ext.cpu.advise_huge_pages). The first touch of fresh memory is
+# where they count, and on the dev VM it varied by day: 24 MB took 10.6 ms in 4 KB pages and 2.6 ms in 2 MB ones in
+# one session, 10-13 ms and 20-26 ms in another; loops that reuse their buffers see neither.
 HUGE_PAGES_MIN_BYTES = 4 << 20
 
 

@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from crossfuse import _backend
 from crossfuse.ops import _gemm
-from crossfuse.ops._cell import _CPU, BACKENDS, GATES, KINDS, _try_cpu_step, run_kernel
+from crossfuse.ops._cell import _CPU, BACKENDS, GATES, KINDS, _needs_grad, _try_cpu_step, run_kernel
 
 OPS = ("rnn", "lstm", "gru")
 for _op in OPS:
@@ -394,11 +394,11 @@ def _one_step(kind, op, input, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
     own checks are the ones that matter there, and a decoder calls this once per token): (out, h_n, c_n), or None
     and the general path, with its full checks, runs."""
     if not (type(input) is torch.Tensor and input.is_cpu and input.ndim == 3 and input.shape[0] == 1) or (
-            torch.compiler.is_compiling() or _backend.choose(op, _CPU, backend) != "cpu"
-            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                for t in (input, h0, c0, w_ih, w_hh, b_ih, b_hh)))):
+            torch.compiler.is_compiling() or _backend.choose(op, _CPU, backend) != "cpu"):
         return None
     try:
+        if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh):
+            return None
         step = _try_cpu_step(kind, input[0], h0, c0, w_ih, w_hh, b_ih, b_hh)
     except (AttributeError, TypeError, ValueError):
         return None  # malformed arguments: the general path says what is wrong
@@ -425,9 +425,7 @@ def layer(kind, input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None
     if chosen == "reference":
         from crossfuse.reference.rnn import rnn_layer
         return rnn_layer(kind, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (input, h0, c0, w_ih, w_hh, b_ih, b_hh))
-    if grad:
+    if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh):
         return _LayerFunction.apply(kind, chosen, lengths, reverse, input, h0, c0, w_ih, w_hh, b_ih, b_hh)
     hs, cs, _ = layer_forward(kind, chosen, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, False)
     return _outputs(hs, cs, lengths, reverse)
