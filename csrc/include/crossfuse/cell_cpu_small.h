@@ -1,5 +1,6 @@
 // CPU single-call cell step for small batches (fp32; for autograd it also writes the activated gates, `ws`): the
-// two GEMVs and the gate math in one pass. At batch <= 16 torch's GEMM dispatch and the extra passes over the gates cost more than the math;
+// two GEMVs and the gate math in one pass. At batch <= 16 torch's GEMM dispatch and the extra passes over the
+// gates cost more than the math;
 // here each thread owns blocks of hidden units, reads their weight rows once per pair of batch rows and
 // applies the gates while the results are in registers/L1.
 #pragma once
