@@ -225,6 +225,40 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     product_pool_cpu(a, backward);
   });
+  // The projections with the pooling, whole groups per thread (crossfuse/fusions_cpu.h PoolGemmArgs): sizes,
+  // flags, z's row stride and second-stage offset, then pointers x0, x1, w[4], keep[4], z, dz, dx0, dx1, dw[4],
+  // db[4], b0, b1, c0, c1 (0 = absent).
+  cpu.def("product_pool_grouped", [](int64_t G, int64_t N, int64_t S, int64_t R, int64_t rep0, int64_t rep1,
+                                     int64_t K0, int64_t K1, bool rank_major, bool relu, bool backward, int64_t zs,
+                                     int64_t z2, const std::vector<uintptr_t>& p, int nthreads) {
+    if (p.size() != 26) throw std::invalid_argument("product_pool_grouped: expected 26 pointers");
+    if (G < 0 || N < 0 || S < 0 || R < 0 || K0 < 1 || K1 < 1 || rep0 < 1 || rep1 < 1 || (rep0 > 1 && rep1 > 1) ||
+        (N % rep0) || (N % rep1))
+      throw std::invalid_argument("product_pool_grouped: bad sizes");
+    auto c = [](uintptr_t q) { return reinterpret_cast<const float*>(q); };
+    auto w = [](uintptr_t q) { return reinterpret_cast<float*>(q); };
+    PoolGemmArgs g;
+    PoolArgs& a = g.pool;
+    a.G = G; a.N = N; a.S = S; a.R = R; a.rep0 = rep0; a.rep1 = rep1; a.rank_major = rank_major; a.relu = relu;
+    a.zs = zs; a.z2 = z2; a.threads = nthreads;
+    g.x0 = c(p[0]); g.x1 = c(p[1]); g.K0 = K0; g.K1 = K1;
+    for (int k = 0; k < 4; ++k) {
+      g.w[k] = c(p[2 + k]);
+      g.keep[k] = w(p[6 + k]);
+      g.dw[k] = w(p[14 + k]);
+      g.db[k] = w(p[18 + k]);
+    }
+    a.z = w(p[10]); a.dz = c(p[11]); g.dx0 = w(p[12]); g.dx1 = w(p[13]);
+    a.b0 = c(p[22]); a.b1 = c(p[23]); a.c0 = c(p[24]); a.c1 = c(p[25]);
+    const int P = g.w[2] ? 2 : 1;
+    if (G * N * S * R == 0) return;
+    for (int k = 0; k < 2 * P; ++k)
+      if (!g.w[k] || (backward && !g.keep[k])) throw std::invalid_argument("product_pool_grouped: missing pointer");
+    if (!g.x0 || !g.x1 || (P == 2 && !g.w[3]) || (!backward && !a.z) || (backward && !a.dz))
+      throw std::invalid_argument("product_pool_grouped: missing pointer");
+    py::gil_scoped_release nogil;
+    product_pool_grouped_cpu(g, backward);
+  });
   // Ask for transparent huge pages on the whole 2 MB pages inside [ptr, ptr + nbytes), before they are first
   // touched: a fresh buffer of tens of MB then faults in 2 MB at a time, where its 4 KB faults cost about as much
   // as a pass of the GEMM that fills it. False where nothing was advised (no such page inside, not Linux).

@@ -121,9 +121,10 @@ def run_all():  # each crossfuse CPU kernel with a parallel region, at sizes pas
     cell(x)[0].sum().backward()  # the gate kernels, forward and backward
     lstm = crossfuse.nn.LSTM(64, 256, backend="cpu")
     lstm(torch.randn(5, 8, 64, requires_grad=True))[0].sum().backward()  # recurrence and GEMMs, both ways
-    block = crossfuse.nn.Block([64, 64], 32, mm_dim=64, chunks=2, rank=4)
-    with crossfuse.use_backend("cpu"):
-        block([torch.randn(512, 64, requires_grad=True), torch.randn(512, 64)]).sum().backward()  # product pool
+    for chunks in (1, 2):  # the product pool: split over the threads (one group), whole groups per thread
+        block = crossfuse.nn.Block([64, 64], 32, mm_dim=64, chunks=chunks, rank=4)
+        with crossfuse.use_backend("cpu"):
+            block([torch.randn(512, 64, requires_grad=True), torch.randn(512, 64)]).sum().backward()
 torch.set_num_threads(int(sys.argv[1]))
 out = []
 def body():  # a thread OpenMP has not seen, so none of its thread pools exist yet
@@ -159,13 +160,15 @@ def test_cpu_kernels_give_the_same_bits_on_any_thread_count():
         gates = cell(x)
         lstm = crossfuse.nn.LSTM(64, 256, backend="cpu")
         seq = lstm(torch.randn(5, 8, 64))
-        block = crossfuse.nn.Block([64, 64], 32, mm_dim=64, chunks=2, rank=4)
-        xb = torch.randn(512, 64, requires_grad=True)  # past the product pool's and the GEMM's thresholds
+        # past the product pool's and the GEMM's thresholds; one group (split over the threads) and two (a whole
+        # group per thread)
+        blocks = [crossfuse.nn.Block([64, 64], 32, mm_dim=64, chunks=c, rank=4) for c in (1, 2)]
+        xb = torch.randn(512, 64, requires_grad=True)
         with crossfuse.use_backend("cpu"):
-            z = block([xb, torch.randn(512, 64)])
-        outs = [*step, *gates, seq[0], *seq[1], z]
+            zs = [block([xb, torch.randn(512, 64)]) for block in blocks]
+        outs = [*step, *gates, seq[0], *seq[1], *zs]
         grads = torch.autograd.grad(sum(o.sum() for o in outs[2:]), [x, xb, *cell.parameters(), *lstm.parameters(),
-                                                                       *block.parameters()])
+                                                                       *(p for b in blocks for p in b.parameters())])
         return [o.detach() for o in outs] + list(grads)
     threads = torch.get_num_threads()
     try:

@@ -72,6 +72,17 @@ def test_product_pool_triton_gemm_strategy(backend, device, dtype, two, rank_maj
                                         lead1)
 
 
+@pytest.mark.parametrize("G,R,S,K0,K1,lead0,lead1", POOL_SHAPES)
+@pytest.mark.parametrize("two,rank_major,activation", POOL_KINDS)
+@pytest.mark.parametrize("grouped", [True, False])
+def test_product_pool_cpu_strategies(grouped, two, rank_major, activation, G, R, S, K0, K1, lead0, lead1, monkeypatch):
+    """The cpu backend's two ways, each forced whatever the thread count: whole groups per thread (one C++ call
+    with the GEMMs inside) and the group loop with each GEMM split over the threads."""
+    monkeypatch.setattr(crossfuse.ops.fusions, "_grouped", lambda G, threads: grouped)
+    test_product_pool_against_reference("cpu", "cpu", torch.float32, two, rank_major, activation, G, R, S, K0, K1,
+                                        lead0, lead1)
+
+
 # ---- the modules --------------------------------------------------------------------------------------------
 D0, D1, OUT = 12, 10, 7
 MODULES = {

@@ -20,4 +20,20 @@ struct PoolArgs {
 
 void product_pool_cpu(const PoolArgs& a, bool backward);
 
+// The projections and the pooling together, for many groups: each thread takes whole groups, forward
+// (u = x_g W_g^T, then the pool into z) or backward (dU from the kept u, then dx_g, dW_g, db_g). pool's sizes,
+// flags, biases, z / dz and threads are read; its u / du pointers are not (keep holds the projections).
+struct PoolGemmArgs {
+  PoolArgs pool;
+  const float *x0 = nullptr, *x1 = nullptr;  // (N / rep0, G*K0), (N / rep1, G*K1)
+  int64_t K0 = 0, K1 = 0;
+  const float* w[4] = {};  // (G, R*S, K) weights of u0, u1, v0, v1 (v: MFH's second stage, or null)
+  float* keep[4] = {};     // (G, rows, R*S) projections without bias: written forward (null: not kept), read back
+  float *dx0 = nullptr, *dx1 = nullptr;  // backward, or null where not needed: (rows, G*K)
+  float* dw[4] = {};       // (G, R*S, K)
+  float* db[4] = {};       // (G, R*S)
+};
+
+void product_pool_grouped_cpu(const PoolGemmArgs& a, bool backward);
+
 }  // namespace crossfuse

@@ -9,7 +9,9 @@ Backends: `triton` for CUDA tensors, in one of two ways by the projections' inpu
 chunks) one kernel does the grouped GEMM with the pooling in its epilogue, so the (rows, R*S) projections never
 reach memory and nothing of that size is kept for the backward, which recomputes them; above it (Mutan, MFB, MFH)
 cuBLAS's GEMMs beat that kernel (measured on an H200), so torch computes the projections and one Triton pass pools
-them (one pass back too). `cpu`: crossfuse's fp32 GEMM (ops/_gemm.py) group by group, one C++ pass each way. `reference`: plain torch.
+them (one pass back too). `cpu`: crossfuse's fp32 GEMM (csrc/cpu/gemm.cpp) and one C++ pooling pass each way;
+with many groups (Block's chunks) one C++ call runs whole groups per thread, else the groups go one by one with
+each GEMM split over the threads. `reference`: plain torch.
 """
 from __future__ import annotations
 
@@ -72,23 +74,42 @@ def _pool_pointers(g, S, P, us, z=None, dz=None, dus=(), bs=()):
         + four(dus) + [0 if b is None else b[g].data_ptr() for b in bs]
 
 
+def _grouped(G, threads):
+    """Whole groups per thread (ext.cpu.product_pool_grouped: single-threaded GEMMs, the pooling on projections
+    still in the thread's cache, one parallel region a call) where the groups keep at least 80% of the threads
+    busy, e.g. Block's 20 chunks on 2 or 4 threads; otherwise each GEMM is split over all threads."""
+    return G > 1 and G >= 0.8 * threads * -(-G // threads)
+
+
+def _grouped_pool(backward, G, N, S, R, reps, Ks, rank_major, relu, ptrs, threads):
+    _backend.ext.cpu.product_pool_grouped(G, N, S, R, *reps, *Ks, rank_major, relu, backward,
+                                          (2 if ptrs[4] else 1) * G * S, G * S, ptrs, threads)
+
+
 def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu, keep=True):
     """(z fp32, [U0, U1(, V0, V1)] (G, rows, R*S) without their biases, which the C++ pass adds). Group by group,
     like the eager loop. With `keep` (for the backward) the projections go into one buffer per side, which
     _backend.empty backs with huge pages when it is large; without, each group's buffers are freed before the next
-    group's are taken, so one heap block, hot in cache, serves them all."""
+    group's are taken, so one heap block, hot in cache, serves them all (in the grouped kernel: the thread's
+    scratch)."""
     xs, ws, bs = _cpu_weights(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1)
     G, RS, _ = w0.shape
     S, P = RS // R, 2 if v0 is not None else 1
     N, rep0, rep1 = _reps(*xs)
+    threads = torch.get_num_threads()
     z = torch.empty((N, P * G * S), dtype=torch.float32, device=x0.device)
     us = [_backend.empty((G, xs[k % 2].shape[0], RS), dtype=torch.float32, device=x0.device)
           for k in range(2 * P)] if keep else []
+    if _grouped(G, threads) and N * RS:
+        ptrs = [_ptr(t) for t in (*xs, *ws, *(us + [None] * (4 - len(us))), z)] + [0] * 11 + [_ptr(b) for b in bs]
+        _grouped_pool(False, G, N, S, R, (rep0, rep1), (ws[0].shape[2], ws[1].shape[2]), rank_major, relu, ptrs,
+                      threads)
+        return z, us
     for g in range(G):
         ug = [_gemm.mm(xs[k % 2][:, g * w.shape[2]:(g + 1) * w.shape[2]], w[g].t(), out=us[k][g] if keep else None)
               for k, w in enumerate(ws[:2 * P])]
         _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, False, P * G * S, G * S,
-                                      _pool_pointers(g, S, P, ug, z=z, bs=bs), torch.get_num_threads())
+                                      _pool_pointers(g, S, P, ug, z=z, bs=bs), threads)
     return z, us
 
 
@@ -98,22 +119,30 @@ def _backward_cpu(dz, us, tensors, R, rank_major, relu, needs):
     G, RS, _ = ws[0].shape
     S, P = RS // R, 2 if ws[2] is not None else 1
     N, rep0, rep1 = _reps(*xs)
+    threads = torch.get_num_threads()
+    grouped = _grouped(G, threads) and N * RS  # an empty side: the loop below writes the zero gradients
     dz = dz.float().contiguous()
     grads = [None] * 10
     for side, x in enumerate(xs):
-        if needs[side]:
-            grads[side] = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        if needs[side]:  # the grouped kernel writes every column; the loop below adds group by group
+            grads[side] = (torch.empty if grouped else torch.zeros)(x.shape, dtype=torch.float32, device=x.device)
     slots = [(2, 3), (4, 5), (6, 7), (8, 9)]  # (weight, bias) indices of u0, u1, v0, v1
     for k, (wi, bi) in enumerate(slots[:2 * P]):
         if needs[wi]:
             grads[wi] = _backend.empty(ws[k].shape, dtype=torch.float32, device=dz.device)
         if needs[bi]:
             grads[bi] = torch.empty(bs[k].shape, dtype=torch.float32, device=dz.device)
+    if grouped:
+        ptrs = [_ptr(t) for t in (*xs, *ws, *(us + [None] * (4 - len(us))), None, dz, *grads[:2], *grads[2::2],
+                                  *grads[3::2], *bs)]
+        _grouped_pool(True, G, N, S, R, (rep0, rep1), (ws[0].shape[2], ws[1].shape[2]), rank_major, relu, ptrs,
+                      threads)
+        return grads
     for g in range(G):
         ug = [u[g] for u in us]
         dug = [torch.empty_like(u) for u in ug]
         _backend.ext.cpu.product_pool(1, N, S, R, rep0, rep1, rank_major, relu, True, P * G * S, G * S,
-                                      _pool_pointers(g, S, P, ug, dz=dz, dus=dug, bs=bs), torch.get_num_threads())
+                                      _pool_pointers(g, S, P, ug, dz=dz, dus=dug, bs=bs), threads)
         for k, du in enumerate(dug):
             side, (wi, bi) = k % 2, slots[k]
             K = ws[k].shape[2]
