@@ -83,6 +83,14 @@ def test_product_pool_cpu_strategies(grouped, two, rank_major, activation, G, R,
                                         lead0, lead1)
 
 
+def test_product_pool_cpu_grouped_past_the_kept_scratch(monkeypatch):
+    """Whole groups per thread with more rows than the per-thread scratch keeps between calls (4M floats): the
+    dU of a group then live in a buffer of its own."""
+    monkeypatch.setattr(crossfuse.ops.fusions, "_grouped", lambda G, threads: True)
+    test_product_pool_against_reference("cpu", "cpu", torch.float32, True, True, "relu", 2, 2, 300, 3, 5, (1800,),
+                                        (1800,))
+
+
 # ---- the modules --------------------------------------------------------------------------------------------
 D0, D1, OUT = 12, 10, 7
 MODULES = {

@@ -156,10 +156,12 @@ void pool_rows_any(const PoolArgs& a, const GroupRows& p, int64_t g, int64_t lo,
 #undef CF_POOL
 }
 
-// Per-thread scratch, grown as needed and kept: a buffer of this size fresh from malloc would be mapped anew
-// (and faulted in page by page) on every call.
-float* thread_scratch(int64_t n) {
-  thread_local std::vector<float> buf;
+// Per-thread scratch of up to kKeptScratch floats, grown as needed and kept between calls (a buffer of megabytes
+// fresh from malloc is mapped anew, and faulted in page by page, on every call); a bigger one is the caller's.
+constexpr int64_t kKeptScratch = int64_t(4) << 20;
+float* thread_scratch(int64_t n, std::vector<float>& own) {
+  thread_local std::vector<float> kept;
+  std::vector<float>& buf = n <= kKeptScratch ? kept : own;
   if (int64_t(buf.size()) < n) buf.resize(n);
   return buf.data();
 }
@@ -189,7 +191,8 @@ void product_pool_grouped_cpu(const PoolGemmArgs& w, bool backward) {
   // thread runs whole groups: single-threaded GEMMs, the pooling on projections still in its cache, no barrier.
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
   for (int64_t g = 0; g < G; ++g) {
-    float* scratch = thread_scratch(2 * P * most);
+    std::vector<float> own;
+    float* scratch = thread_scratch(2 * P * most, own);
     GroupRows p = group_rows(a, g, zeros.data());
     const float** us[4] = {&p.u0, &p.u1, &p.v0, &p.v1};
     float** dus[4] = {&p.du0, &p.du1, &p.dv0, &p.dv1};
