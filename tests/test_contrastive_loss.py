@@ -2,6 +2,7 @@
 the tolerance rule), its peak memory (linear in B), ClipLoss / SigLipLoss with open_clip's semantics, over two
 gloo processes too, and bad input."""
 import os
+import sys
 
 import pytest
 import torch
@@ -211,3 +212,18 @@ def test_bad_input_names_the_argument():
         f(I, T, 1.0, reduction="avg")
     assert f(I[:0], T[:0], 1.0, reduction="none").shape == (0,)
     assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("Ma,Nb,D,scale", [(0, 5, 3, 1.0), (5, 0, 3, 1.0), (0, 0, 4, 1.0), (1, 1, 7, 100.0),
+                                           (37, 29, 13, 100.0), (1100, 9, 5, 14.3)])
+def test_clip_cpu_one_pass_statistics_are_the_two_directions(Ma, Nb, D, scale):
+    """The cpu forward's one pass (rows finished per chunk, columns folded into an online logsumexp) gives each
+    direction's statistics as a pass of its own would: empty sides, rectangular, a large scale, row chunks."""
+    C = sys.modules["crossfuse.ops.contrastive_loss"]  # the module (crossfuse.ops.contrastive_loss is its function)
+    torch.manual_seed(0)
+    a, b = torch.randn(Ma, D), torch.randn(Nb, D)
+    la, lb = torch.randint(0, 3, (Ma,)), torch.randint(0, 3, (Nb,))
+    sa, sb = C._rows_both_cpu(a, b, la, lb, scale, 0.25)
+    for got, want in ((sa, C._rows_cpu(a, b, la, lb, scale, 0.25, False)),
+                      (sb, C._rows_cpu(b, a, lb, la, scale, 0.25, False))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4 * max(1, Ma, Nb))

@@ -1,9 +1,10 @@
 """contrastive_loss: CLIP's symmetric InfoNCE and SigLIP's pairwise sigmoid loss without the (B, B) logits.
 
 The unit is a direction: rows of A against all rows of B, giving a loss per row of A (kernels/
-contrastive_loss.py on the `triton` backend; on `cpu`, the same tiling with torch GEMMs on row chunks). CLIP is
-two directions (images against texts, texts against images), computed as a pair so that the backward forms both
-directions' dS at once; SigLIP is one. Extra memory is O(rows) plus a capped dS chunk, never O(B^2).
+contrastive_loss.py on the `triton` backend; on `cpu`, the same tiling with crossfuse's GEMM on row chunks). CLIP
+is two directions (images against texts, texts against images), computed as a pair so that the backward forms both
+directions' dS at once (and, on `cpu`, the forward both directions' statistics from one pass over S); SigLIP is
+one. Extra memory is O(rows) plus a capped dS chunk, never O(B^2).
 Rectangular directions serve the distributed losses of crossfuse.nn.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 import torch
 
 from crossfuse import _backend
+from crossfuse.ops import _gemm
 
 OP = "contrastive_loss"
 _backend.register_op(OP, ("reference", "triton", "cpu"))
@@ -44,7 +46,7 @@ def _rows_cpu(a, b, la, lb, scale, bias, siglip):
     stats = torch.zeros((Ma, STATS), dtype=torch.float32, device=a.device)
     bf, chunk = b.float(), _chunk(Nb)
     for r0 in range(0, Ma, chunk):
-        s = torch.mm(a[r0:r0 + chunk].float(), bf.t()).mul_(scale).add_(bias)
+        s = _gemm.mm(a[r0:r0 + chunk].float(), bf.t()).mul_(scale).add_(bias)
         same = la[r0:r0 + chunk, None] == lb[None, :]
         st = stats[r0:r0 + chunk]
         st[:, 2] = same.sum(1)
@@ -63,6 +65,43 @@ def _rows_cpu(a, b, la, lb, scale, bias, siglip):
     return stats
 
 
+def _rows_both_cpu(a, b, la, lb, scale, bias):
+    """CLIP's two directions' statistics from one pass over S's row chunks: each chunk's rows are finished on the
+    spot (_rows_cpu's), its columns are folded into running column statistics (an online logsumexp, and the
+    softmax-weighted sum of S rescaled with it), so S is computed once, not once per direction."""
+    Ma, Nb = a.shape[0], b.shape[0]
+    sa = torch.zeros((Ma, STATS), dtype=torch.float32, device=a.device)
+    sb = torch.zeros((Nb, STATS), dtype=torch.float32, device=a.device)
+    m = torch.full((Nb,), float("-inf"), dtype=torch.float32, device=a.device)  # running column max
+    l, t = torch.zeros_like(m), torch.zeros_like(m)  # sum exp(S - m), sum exp(S - m) S over the rows so far
+    bf, chunk = b.float(), _chunk(Nb)
+    for r0 in range(0, Ma, chunk):
+        s = _gemm.mm(a[r0:r0 + chunk].float(), bf.t()).mul_(scale).add_(bias)
+        same = la[r0:r0 + chunk, None] == lb[None, :]
+        on_same = torch.where(same, s, 0)
+        st = sa[r0:r0 + chunk]
+        st[:, 2] = same.sum(1)
+        sb[:, 2] += same.sum(0)
+        if not Nb:
+            st[:, 0] = float("-inf")
+            continue
+        st[:, 0] = torch.logsumexp(s, 1)
+        st[:, 1] = on_same.sum(1)
+        st[:, 3] = s.sum(1)
+        st[:, 4] = (torch.softmax(s, 1) * s).sum(1)
+        sb[:, 1] += on_same.sum(0)
+        sb[:, 3] += s.sum(0)
+        new_m = torch.maximum(m, s.amax(0))
+        rescale = torch.exp(m - new_m)  # the first chunk: exp(-inf) = 0 for the empty sums
+        e = torch.exp(s - new_m)
+        l.mul_(rescale).add_(e.sum(0))
+        t.mul_(rescale).add_((e * s).sum(0))
+        m = new_m
+    sb[:, 0] = m + torch.log(l)  # -inf for a column with no rows (Ma == 0)
+    sb[:, 4] = torch.where(l > 0, t / l.clamp_min(torch.finfo(torch.float32).tiny), 0)
+    return sa, sb
+
+
 def _grads_cpu(a, b, la, lb, sa, wa, sb, wb, scale, bias, eps, siglip):
     Ma, D = a.shape
     Nb = b.shape[0]
@@ -72,13 +111,13 @@ def _grads_cpu(a, b, la, lb, sa, wa, sb, wb, scale, bias, eps, siglip):
     chunk = _chunk(Nb)
     for r0 in range(0, Ma, chunk):
         rows = slice(r0, r0 + chunk)
-        s = torch.mm(af[rows], bf.t()).mul_(scale).add_(bias)
+        s = _gemm.mm(af[rows], bf.t()).mul_(scale).add_(bias)
         same = la[rows, None] == lb[None, :]
         ds = _dterm_cpu(s, same, sa[rows, 0:1], sa[rows, 2:3], wa[rows, None], eps, Nb, siglip)
         if sb is not None:
             ds += _dterm_cpu(s, same, sb[None, :, 0], sb[None, :, 2], wb[None, :], eps, Ma, siglip)
-        torch.mm(ds, bf, out=da[rows])
-        db.addmm_(ds.t(), af[rows])
+        _gemm.mm(ds, bf, out=da[rows])
+        _gemm.mm(ds.t(), af[rows], out=db, beta=1.0)
     return da.mul_(scale), db.mul_(scale)
 
 
@@ -109,6 +148,9 @@ def _forward(kind, backend, eps, both, a, b, la, lb, scale, bias):
     else:
         rows = _rows_cpu
     Ma, Nb = a.shape[0], b.shape[0]
+    if both and backend != "triton" and not siglip:
+        sa, sb = _rows_both_cpu(a, b, la, lb, scale, bias)
+        return _row_losses(sa, Nb, eps, siglip), _row_losses(sb, Ma, eps, siglip), sa, sb
     sa = rows(a, b, la, lb, scale, bias, siglip)
     if not both:
         return _row_losses(sa, Nb, eps, siglip), sa.new_empty((0,)), sa, sa.new_empty((0, STATS))
