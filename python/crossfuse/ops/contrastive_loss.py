@@ -41,6 +41,14 @@ def _dterm_cpu(s, same, lse, cnt, w, eps, n, siglip):
     return ds.mul_(w)
 
 
+def _clip_row_stats(st, s, on_same):
+    """A CLIP direction's statistics (columns 0, 1, 3, 4) of a chunk of its rows of S; on_same: S at positives."""
+    st[:, 0] = torch.logsumexp(s, 1)
+    st[:, 1] = on_same.sum(1)
+    st[:, 3] = s.sum(1)
+    st[:, 4] = (torch.softmax(s, 1) * s).sum(1)
+
+
 def _rows_cpu(a, b, la, lb, scale, bias, siglip):
     Ma, Nb = a.shape[0], b.shape[0]
     stats = torch.zeros((Ma, STATS), dtype=torch.float32, device=a.device)
@@ -56,10 +64,7 @@ def _rows_cpu(a, b, la, lb, scale, bias, siglip):
             st[:, 4] = (ds * (s - bias)).sum(1)
             st[:, 5] = ds.sum(1)
         elif Nb:
-            st[:, 0] = torch.logsumexp(s, 1)
-            st[:, 1] = torch.where(same, s, 0).sum(1)
-            st[:, 3] = s.sum(1)
-            st[:, 4] = (torch.softmax(s, 1) * s).sum(1)
+            _clip_row_stats(st, s, torch.where(same, s, 0))
         else:
             st[:, 0] = float("-inf")
     return stats
@@ -67,7 +72,7 @@ def _rows_cpu(a, b, la, lb, scale, bias, siglip):
 
 def _rows_both_cpu(a, b, la, lb, scale, bias):
     """CLIP's two directions' statistics from one pass over S's row chunks: each chunk's rows are finished on the
-    spot (_rows_cpu's), its columns are folded into running column statistics (an online logsumexp, and the
+    spot (_clip_row_stats), its columns are folded into running column statistics (an online logsumexp, and the
     softmax-weighted sum of S rescaled with it), so S is computed once, not once per direction."""
     Ma, Nb = a.shape[0], b.shape[0]
     sa = torch.zeros((Ma, STATS), dtype=torch.float32, device=a.device)
@@ -85,10 +90,7 @@ def _rows_both_cpu(a, b, la, lb, scale, bias):
         if not Nb:
             st[:, 0] = float("-inf")
             continue
-        st[:, 0] = torch.logsumexp(s, 1)
-        st[:, 1] = on_same.sum(1)
-        st[:, 3] = s.sum(1)
-        st[:, 4] = (torch.softmax(s, 1) * s).sum(1)
+        _clip_row_stats(st, s, on_same)
         sb[:, 1] += on_same.sum(0)
         sb[:, 3] += s.sum(0)
         new_m = torch.maximum(m, s.amax(0))

@@ -81,9 +81,11 @@ def _grouped(G, threads):
     return G > 1 and G >= 0.8 * threads * -(-G // threads)
 
 
-def _grouped_pool(backward, G, N, S, R, reps, Ks, rank_major, relu, ptrs, threads):
-    _backend.ext.cpu.product_pool_grouped(G, N, S, R, *reps, *Ks, rank_major, relu, backward,
-                                          (2 if ptrs[4] else 1) * G * S, G * S, ptrs, threads)
+def _grouped_pool(backward, ws, N, R, reps, rank_major, relu, ptrs, threads):
+    G, RS, K0 = ws[0].shape
+    S, P = RS // R, 2 if ws[2] is not None else 1
+    _backend.ext.cpu.product_pool_grouped(G, N, S, R, *reps, K0, ws[1].shape[2], rank_major, relu, backward,
+                                          P * G * S, G * S, ptrs, threads)
 
 
 def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu, keep=True):
@@ -102,8 +104,7 @@ def _forward_cpu(x0, x1, w0, b0, w1, b1, v0, c0, v1, c1, R, rank_major, relu, ke
           for k in range(2 * P)] if keep else []
     if _grouped(G, threads) and N * RS:
         ptrs = [_ptr(t) for t in (*xs, *ws, *(us + [None] * (4 - len(us))), z)] + [0] * 11 + [_ptr(b) for b in bs]
-        _grouped_pool(False, G, N, S, R, (rep0, rep1), (ws[0].shape[2], ws[1].shape[2]), rank_major, relu, ptrs,
-                      threads)
+        _grouped_pool(False, ws, N, R, (rep0, rep1), rank_major, relu, ptrs, threads)
         return z, us
     for g in range(G):
         ug = [_gemm.mm(xs[k % 2][:, g * w.shape[2]:(g + 1) * w.shape[2]], w[g].t(), out=us[k][g] if keep else None)
@@ -135,8 +136,7 @@ def _backward_cpu(dz, us, tensors, R, rank_major, relu, needs):
     if grouped:
         ptrs = [_ptr(t) for t in (*xs, *ws, *(us + [None] * (4 - len(us))), None, dz, *grads[:2], *grads[2::2],
                                   *grads[3::2], *bs)]
-        _grouped_pool(True, G, N, S, R, (rep0, rep1), (ws[0].shape[2], ws[1].shape[2]), rank_major, relu, ptrs,
-                      threads)
+        _grouped_pool(True, ws, N, R, (rep0, rep1), rank_major, relu, ptrs, threads)
         return grads
     for g in range(G):
         ug = [u[g] for u in us]
