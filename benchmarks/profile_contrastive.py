@@ -1,6 +1,7 @@
-"""Where the time of the fused contrastive losses goes on a GPU, and how the launch configs and the dS chunk
-change it: forward, forward+backward and peak extra memory against the eager losses of the benchmark, for
-each variant. Run after building in place: python3 benchmarks/profile_contrastive.py [B ...]"""
+"""Where the time of the fused contrastive losses goes on a GPU, and how the paths (S from cuBLAS blocks or from
+the kernels' own tl.dot), the launch configs and the block sizes change it: forward, forward+backward and peak
+extra memory against the eager losses of the benchmark, for each variant. Run after building in place:
+python3 benchmarks/profile_contrastive.py [B ...]"""
 import sys
 
 import torch
@@ -11,18 +12,22 @@ import crossfuse
 from crossfuse.bench.contrastive_loss import _eager
 from crossfuse.kernels import contrastive_loss as K
 
-VARIANTS = {  # name: (16-bit rows configs {siglip: config}, dS config, dS chunk bytes)
-    "default": ({k: K.ROWS_CONFIGS[16, k] for k in (False, True)}, K.DS_CONFIGS[16], K.DS_CHUNK_BYTES),
-    "chunk 16 MiB": ({k: K.ROWS_CONFIGS[16, k] for k in (False, True)}, K.DS_CONFIGS[16], 16 << 20),
-    "rows 128x64": ({k: (128, 64, 64, 8, 3) for k in (False, True)}, K.DS_CONFIGS[16], K.DS_CHUNK_BYTES),
-    "dS 128x128": ({k: K.ROWS_CONFIGS[16, k] for k in (False, True)}, (128, 128, 64, 8, 3), K.DS_CHUNK_BYTES),
+DEFAULTS = {name: getattr(K, name) for name in ("ROWS_CONFIGS", "DS_CONFIGS", "FOLD_CONFIGS", "S_FROM_CUBLAS",
+                                                "S_BLOCK_COLS", "FOLD_SPLITS", "FOLD_PROGRAMS", "DS_CHUNK_BYTES")}
+VARIANTS = {  # name: the kernel module's settings that differ from its defaults
+    "default": {},
+    "unsplit": {"FOLD_SPLITS": 1},
+    "8 per SM": {"FOLD_PROGRAMS": 8},
+    "cublas": {"S_FROM_CUBLAS": True},
+    "cublas 1 sp": {"S_FROM_CUBLAS": True, "FOLD_SPLITS": 1},
+    "cublas 8/SM": {"S_FROM_CUBLAS": True, "FOLD_PROGRAMS": 8},
+    "cublas f8/16": {"S_FROM_CUBLAS": True, "FOLD_CONFIGS": {"rows": (8, 256, 0, 4, 1), "cols": (16, 128, 0, 4, 1)}},
 }
 
 
-def configure(rows, ds, chunk):
-    for k, cfg in rows.items():
-        K.ROWS_CONFIGS[16, k] = cfg
-    K.DS_CONFIGS[16], K.DS_CHUNK_BYTES = ds, chunk
+def configure(settings):
+    for name, value in dict(DEFAULTS, **settings).items():
+        setattr(K, name, value)
 
 
 def ms(f):
@@ -58,14 +63,19 @@ def main(sizes):
                                                       kind=kind, backend="triton")
             step = lambda: torch.autograd.grad(loss().float(), (i, t, scale))  # noqa: E731
             for name, variant in VARIANTS.items():
-                configure(*variant)
+                configure(variant)
                 try:
                     tf, tb = ms(lambda: loss()), ms(step)
                     print(f"  {name:<12} fwd {tf:7.2f} ms  fwd+bwd {tb:7.2f} ms  x{te / tb:.2f} vs eager  "
                           f"extra {peak_extra(step, out_bytes):.1f} MiB", flush=True)
                 except Exception as err:  # a config that does not fit this GPU: report and go on
                     print(f"  {name:<12} failed: {str(err)[:120]}", flush=True)
-            configure(*VARIANTS["default"])
+            configure({})
+        cols = min(B, K.S_BLOCK_COLS)
+        rows = K.DS_CHUNK_BYTES // 4 // cols
+        blocks = [(r0, c0) for r0 in range(0, B, rows) for c0 in range(0, B, cols)]
+        print(f"  the forward's S blocks alone ({len(blocks)} of {rows}x{cols}, fp32 out): "
+              f"{ms(lambda: [K._mm_f32(i[r0:r0 + rows], t[c0:c0 + cols]) for r0, c0 in blocks]):.2f} ms", flush=True)
         C = min(B, K.DS_CHUNK_BYTES // 2 // B // 128 * 128)
         ds = torch.randn(C, B, device=dev, dtype=dt)
         print(f"  the backward's GEMMs alone (dS chunk {C} rows, 2 sides): "

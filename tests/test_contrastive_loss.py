@@ -10,10 +10,12 @@ import torch.multiprocessing as mp
 
 import crossfuse
 from crossfuse.reference import contrastive_loss as ref_loss
-from harness import assert_within_rule, backend_cases, leaf_like
+from harness import HAS_GPU, assert_within_rule, backend_cases, leaf_like
 
 DEVICE_CASES = backend_cases(backends=("reference", "cpu", "triton"))
 # (B, D, labels, label_smoothing, reduction, scale)
+# the triton backend's devices: CUDA where there is a GPU (marked gpu), else the CPU under the interpreter
+TRITON_DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu)] + ([] if HAS_GPU else ["cpu"])
 CASES = [(1, 3, None, 0.0, "mean", 10.0), (37, 59, None, 0.0, "mean", 100.0), (70, 130, "dup", 0.1, "sum", 30.0),
          (33, 16, "dup", 0.0, "none", 100.0)]
 
@@ -56,20 +58,35 @@ def test_against_reference(kind, backend, device, dtype, B, D, labels, eps, redu
         assert_within_rule(name, a.to(dtype) if a.dim() == 0 else a, lo.to(dtype) if lo.dim() == 0 else lo, r, dtype)
 
 
+def _triton_path(monkeypatch, from_cublas):
+    """The triton backend's forward from cuBLAS fp32 blocks of S (the default) or from its own tl.dot tiles, with
+    the folds in 3 slices of the reduced axis, in several blocks (the last ones partial): one row tile per block,
+    16 columns per forward block."""
+    from crossfuse.kernels import contrastive_loss as kernels
+    monkeypatch.setattr(kernels, "S_FROM_CUBLAS", from_cublas)
+    monkeypatch.setattr(kernels, "FOLD_SPLITS", 3)
+    monkeypatch.setattr(kernels, "DS_CHUNK_BYTES", 1)
+    monkeypatch.setattr(kernels, "S_BLOCK_COLS", 16)
+    return kernels
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("from_cublas", [True, False], ids=["cublas-blocks", "dot-tiles"])
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 @pytest.mark.parametrize("dtype,B", [(torch.float32, 70), (torch.float16, 150)])
-def test_triton_backward_in_chunks_with_tiny_upstream_gradients(monkeypatch, kind, dtype, B):
-    """The backward's dS scratch in several chunks (the last one partial), and upstream gradients so small that
-    dS times them would underflow fp16 if the kernel did not normalise the row weights first."""
-    from crossfuse.kernels import contrastive_loss as kernels
-    monkeypatch.setattr(kernels, "DS_CHUNK_BYTES", 1)  # one row tile per chunk
-    I, T = _embeddings(B, 24, dtype, "cpu")
-    sc, bias = torch.tensor(20.0), (torch.tensor(-5.0) if kind == "siglip" else None)
-    cot = 1e-5 * torch.randn(B, dtype=torch.float64)
+def test_triton_backward_in_chunks_with_tiny_upstream_gradients(monkeypatch, device, from_cublas, kind, dtype, B):
+    """The forward and backward in several blocks / dS bands, and upstream gradients so small that dS times
+    them would underflow fp16 if the kernel did not normalise the row weights first."""
+    _triton_path(monkeypatch, from_cublas)
+    I, T = _embeddings(B, 24, dtype, device)
+    sc, bias = torch.tensor(20.0, device=device), (torch.tensor(-5.0, device=device) if kind == "siglip" else None)
+    cot = 1e-5 * torch.randn(B, dtype=torch.float64, device=device)
     kw = dict(kind=kind, reduction="none")
     ref_g = _run(lambda i, t, s, logit_bias=None, **k: ref_loss(i, t, s, logit_bias, **k), I.double(), T.double(),
                  sc.double(), None if bias is None else bias.double(), cot, **kw)[1]
-    g = _run(crossfuse.ops.contrastive_loss, I, T, sc, bias, cot, backend="triton", **kw)[1]
+    ref = ref_loss(I.double(), T.double(), sc.double(), None if bias is None else bias.double(), **kw)
+    loss, g = _run(crossfuse.ops.contrastive_loss, I, T, sc, bias, cot, backend="triton", **kw)
+    torch.testing.assert_close(loss.double(), ref, rtol=0, atol=8 * torch.finfo(dtype).eps * ref.abs().max().item())
     for name, a, r in zip(["d image_emb", "d text_emb", "d logit_scale", "d logit_bias"], g, ref_g):
         err = (a.double() - r).norm() / r.norm()
         assert err < 0.3 * torch.finfo(dtype).eps ** 0.5, f"{name}: relative error {err:.2e}"
@@ -227,3 +244,25 @@ def test_clip_cpu_one_pass_statistics_are_the_two_directions(Ma, Nb, D, scale):
     for got, want in ((sa, C._rows_cpu(a, b, la, lb, scale, 0.25, False)),
                       (sb, C._rows_cpu(b, a, lb, la, scale, 0.25, False))):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4 * max(1, Ma, Nb))
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("from_cublas", [True, False], ids=["cublas-blocks", "dot-tiles"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("Ma,Nb", [(70, 45), (3, 50), (40, 0), (0, 17)])
+def test_triton_statistics_equal_the_cpu_ones(monkeypatch, device, from_cublas, dtype, Ma, Nb):
+    """Both directions' statistics (CLIP: online logsumexp over blocks in both directions; SigLIP: sums), with
+    rectangular and empty sides and many blocks each way, equal the cpu path's on the same values (16-bit
+    products are exact in fp32): the folds merge in any order."""
+    kernels = _triton_path(monkeypatch, from_cublas)
+    C = sys.modules["crossfuse.ops.contrastive_loss"]
+    torch.manual_seed(0)
+    a, b = torch.randn(Ma, 24).to(dtype).float(), torch.randn(Nb, 24).to(dtype).float()  # exact in dtype
+    la, lb = torch.randint(0, 3, (Ma,)), torch.randint(0, 3, (Nb,))
+    dev = lambda t: t.to(device, dtype if t.is_floating_point() else t.dtype)  # noqa: E731
+    for siglip in (False, True):
+        sa, sb = (st.cpu() for st in kernels.stats(dev(a), dev(b), dev(la).int(), dev(lb).int(), 30.0, -2.0,
+                                                   siglip, True))
+        for got, want in ((sa, C._rows_cpu(a, b, la, lb, 30.0, -2.0, siglip)),
+                          (sb, C._rows_cpu(b, a, lb, la, 30.0, -2.0, siglip))):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4 * max(1, Ma, Nb))

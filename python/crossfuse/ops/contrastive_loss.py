@@ -3,8 +3,7 @@
 The unit is a direction: rows of A against all rows of B, giving a loss per row of A (kernels/
 contrastive_loss.py on the `triton` backend; on `cpu`, the same tiling with crossfuse's GEMM on row chunks). CLIP
 is two directions (images against texts, texts against images), computed as a pair so that the backward forms both
-directions' dS at once (and, on `cpu`, the forward both directions' statistics from one pass over S); SigLIP is
-one. Extra memory is O(rows) plus a capped dS chunk, never O(B^2).
+directions' dS at once (and the forward both directions' statistics from one pass over S); SigLIP is one. Extra memory is O(rows) plus a capped dS chunk, never O(B^2).
 Rectangular directions serve the distributed losses of crossfuse.nn.
 """
 from __future__ import annotations
@@ -18,7 +17,7 @@ from crossfuse.ops import _gemm
 
 OP = "contrastive_loss"
 _backend.register_op(OP, ("reference", "triton", "cpu"))
-STATS = 6  # columns of a direction's row statistics (kernels/contrastive_loss.py's _rows_kernel)
+STATS = 6  # columns of a direction's row statistics (kernels/contrastive_loss.py's _fold_kernel)
 KINDS = ("clip", "siglip")
 REDUCTIONS = ("mean", "sum", "none")
 def _chunk(Nb):
@@ -144,19 +143,17 @@ def _scale_bias_sums(stats, Nb, bias, eps, siglip):
 
 def _forward(kind, backend, eps, both, a, b, la, lb, scale, bias):
     siglip = kind == "siglip"
+    Ma, Nb = a.shape[0], b.shape[0]
     if backend == "triton":
         la, lb = la.to(torch.int32), lb.to(torch.int32)  # 32-bit ids: fewer registers in the kernels
-        rows = _kernels().rows
-    else:
-        rows = _rows_cpu
-    Ma, Nb = a.shape[0], b.shape[0]
-    if both and backend != "triton" and not siglip:
+        sa, sb = _kernels().stats(a, b, la, lb, scale, bias, siglip, both)
+    elif both and not siglip:
         sa, sb = _rows_both_cpu(a, b, la, lb, scale, bias)
-        return _row_losses(sa, Nb, eps, siglip), _row_losses(sb, Ma, eps, siglip), sa, sb
-    sa = rows(a, b, la, lb, scale, bias, siglip)
+    else:
+        sa = _rows_cpu(a, b, la, lb, scale, bias, siglip)
+        sb = _rows_cpu(b, a, lb, la, scale, bias, siglip) if both else None
     if not both:
         return _row_losses(sa, Nb, eps, siglip), sa.new_empty((0,)), sa, sa.new_empty((0, STATS))
-    sb = rows(b, a, lb, la, scale, bias, siglip)
     return _row_losses(sa, Nb, eps, siglip), _row_losses(sb, Ma, eps, siglip), sa, sb
 
 
