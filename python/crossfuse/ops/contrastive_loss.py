@@ -3,7 +3,8 @@
 The unit is a direction: rows of A against all rows of B, giving a loss per row of A (kernels/
 contrastive_loss.py on the `triton` backend; on `cpu`, the same tiling with crossfuse's GEMM on row chunks). CLIP
 is two directions (images against texts, texts against images), computed as a pair so that the backward forms both
-directions' dS at once (and the forward both directions' statistics from one pass over S); SigLIP is one. Extra memory is O(rows) plus a capped dS chunk, never O(B^2).
+directions' dS at once (and the forward both directions' statistics from one pass over S); SigLIP is one.
+Extra memory is O(rows) plus a capped dS chunk, never O(B^2).
 Rectangular directions serve the distributed losses of crossfuse.nn.
 """
 from __future__ import annotations
