@@ -23,6 +23,8 @@ if ! timeout 60 $PY benchmarks/smoke_persistent.py >"$OUT/persistent_smoke.log" 
   export CROSSFUSE_CUDA_PERSISTENT=0
 fi
 tail -4 "$OUT/persistent_smoke.log"
+# Host time per small launch (the triton cells' steps are host-bound): a few seconds.
+timeout 60 $PY benchmarks/launch_overhead.py 2>&1 | tee "$OUT/launch_overhead.txt"
 # Tests import the installed package, not the source tree (the compiled _C lives there).
 xdist=""; $PY -c "import xdist" 2>/dev/null && xdist="-n 8"
 timeout "${TEST_S:-210}" $PY -m pytest -q -ra -m gpu -p no:cacheprovider $xdist ${TESTS:-tests} \
