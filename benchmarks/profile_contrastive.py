@@ -71,6 +71,16 @@ def main(sizes):
                 except Exception as err:  # a config that does not fit this GPU: report and go on
                     print(f"  {name:<12} failed: {str(err)[:120]}", flush=True)
             configure({})
+            if B <= 4096:  # small B: where do host and device time go (launches, syncs, kernels)?
+                step()
+                torch.cuda.synchronize()
+                acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                with torch.profiler.profile(activities=acts) as prof:
+                    for _ in range(5):
+                        step()
+                    torch.cuda.synchronize()
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=48),
+                      flush=True)
         cols = min(B, K.S_BLOCK_COLS)
         rows = K.DS_CHUNK_BYTES // 4 // cols
         blocks = [(r0, c0) for r0 in range(0, B, rows) for c0 in range(0, B, cols)]
