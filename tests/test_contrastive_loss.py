@@ -13,9 +13,9 @@ from crossfuse.reference import contrastive_loss as ref_loss
 from harness import HAS_GPU, assert_within_rule, backend_cases, leaf_like
 
 DEVICE_CASES = backend_cases(backends=("reference", "cpu", "triton"))
-# (B, D, labels, label_smoothing, reduction, scale)
 # the triton backend's devices: CUDA where there is a GPU (marked gpu), else the CPU under the interpreter
 TRITON_DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu)] + ([] if HAS_GPU else ["cpu"])
+# (B, D, labels, label_smoothing, reduction, scale)
 CASES = [(1, 3, None, 0.0, "mean", 10.0), (37, 59, None, 0.0, "mean", 100.0), (70, 130, "dup", 0.1, "sum", 30.0),
          (33, 16, "dup", 0.0, "none", 100.0)]
 
