@@ -1,4 +1,4 @@
-"""Host time per call of small GPU steps (the triton cells measured 190-200 us per step on an H200 at every size,
+"""Host time per call of small GPU steps (the triton cells measured 181-199 us per step on an H200 at every size,
 the cuda cell 12-20 us): an empty Triton kernel with one argument and with the cell kernel's 27, the triton cell
 kernel's launch alone, and whole LSTMCell steps (triton, cuda, torch.nn). benchmarks/gpu_check.sh runs it;
 python3 benchmarks/launch_overhead.py after building in place."""
