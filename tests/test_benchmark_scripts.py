@@ -1,4 +1,4 @@
-"""The scripts that only a GPU machine runs (benchmarks/gpu_check.sh and the Python scripts beside it) at least
+"""The scripts that only a GPU machine runs (benchmarks/gpu_check.sh and the scripts beside it) at least
 parse here: CI never runs them, and a GPU session's few minutes are not to be lost on a typo."""
 import pathlib
 import py_compile
@@ -16,5 +16,6 @@ def test_benchmark_script_compiles(script, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
-def test_gpu_check_script_parses():
-    subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")], check=True)
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.sh")))
+def test_shell_script_parses(script):
+    subprocess.run(["bash", "-n", str(BENCH / script)], check=True)
