@@ -37,7 +37,7 @@ def _dterm_cpu(s, same, lse, cnt, w, eps, n, siglip):
         sig = torch.sigmoid(torch.where(same, -s, s))
         ds = torch.where(same, -sig, sig)
     else:
-        ds = torch.exp(s - lse) - (torch.where(same, (1 - eps) / cnt.clamp_min(1), 0) + eps / n)
+        ds = torch.exp(s - lse) - (torch.where(same, (1 - eps) / cnt.clamp_min(1), 0) + eps / max(n, 1))
     return ds.mul_(w)
 
 
@@ -70,36 +70,53 @@ def _rows_cpu(a, b, la, lb, scale, bias, siglip):
     return stats
 
 
+def _clip_fused(a):
+    """CLIP's fused C++ passes over S's chunks (csrc/cpu/contrastive_loss.cpp) apply: fp32, the extension built."""
+    return a.dtype == torch.float32 and _backend.ext is not None and hasattr(_backend.ext.cpu, "clip_chunk_forward")
+
+
 def _rows_both_cpu(a, b, la, lb, scale, bias):
     """CLIP's two directions' statistics from one pass over S's row chunks: each chunk's rows are finished on the
-    spot (_clip_row_stats), its columns are folded into running column statistics (an online logsumexp, and the
-    softmax-weighted sum of S rescaled with it), so S is computed once, not once per direction."""
+    spot, its columns are folded into running column statistics (an online logsumexp, and the softmax-weighted
+    sum of S rescaled with it), so S is computed once, not once per direction. fp32 runs the fused C++ passes;
+    other dtypes the same math as torch operations."""
     Ma, Nb = a.shape[0], b.shape[0]
     sa = torch.zeros((Ma, STATS), dtype=torch.float32, device=a.device)
     sb = torch.zeros((Nb, STATS), dtype=torch.float32, device=a.device)
-    m = torch.full((Nb,), float("-inf"), dtype=torch.float32, device=a.device)  # running column max
-    l, t = torch.zeros_like(m), torch.zeros_like(m)  # sum exp(S - m), sum exp(S - m) S over the rows so far
+    col = torch.zeros((6, Nb), dtype=torch.float32, device=a.device)  # max, sum exp, sum exp S, pos, count, sum
+    col[0] = float("-inf")
+    m, l, t = col[0], col[1], col[2]
     bf, chunk = b.float(), _chunk(Nb)
+    fused = _clip_fused(a)
+    if fused:
+        la, lb = la.to(torch.int64).contiguous(), lb.to(torch.int64).contiguous()
     for r0 in range(0, Ma, chunk):
+        if fused:
+            s = _gemm.mm(a[r0:r0 + chunk], bf.t())
+            _backend.ext.cpu.clip_chunk_forward(s.shape[0], Nb, s.stride(0), scale, bias, s.data_ptr(),
+                                                la[r0:].data_ptr(), lb.data_ptr(), sa[r0:].data_ptr(),
+                                                col.data_ptr(), torch.get_num_threads())
+            continue
         s = _gemm.mm(a[r0:r0 + chunk].float(), bf.t()).mul_(scale).add_(bias)
         same = la[r0:r0 + chunk, None] == lb[None, :]
         on_same = torch.where(same, s, 0)
         st = sa[r0:r0 + chunk]
         st[:, 2] = same.sum(1)
-        sb[:, 2] += same.sum(0)
+        col[4] += same.sum(0)
         if not Nb:
             st[:, 0] = float("-inf")
             continue
         _clip_row_stats(st, s, on_same)
-        sb[:, 1] += on_same.sum(0)
-        sb[:, 3] += s.sum(0)
+        col[3] += on_same.sum(0)
+        col[5] += s.sum(0)
         new_m = torch.maximum(m, s.amax(0))
         rescale = torch.exp(m - new_m)  # the first chunk: exp(-inf) = 0 for the empty sums
         e = torch.exp(s - new_m)
         l.mul_(rescale).add_(e.sum(0))
         t.mul_(rescale).add_((e * s).sum(0))
-        m = new_m
+        m.copy_(new_m)
     sb[:, 0] = m + torch.log(l)  # -inf for a column with no rows (Ma == 0)
+    sb[:, 1:4] = col[3:6].t()
     sb[:, 4] = torch.where(l > 0, t / l.clamp_min(torch.finfo(torch.float32).tiny), 0)
     return sa, sb
 
@@ -111,13 +128,26 @@ def _grads_cpu(a, b, la, lb, sa, wa, sb, wb, scale, bias, eps, siglip):
     da = torch.empty((Ma, D), dtype=torch.float32, device=a.device)
     db = torch.zeros((Nb, D), dtype=torch.float32, device=a.device)
     chunk = _chunk(Nb)
+    fused = not siglip and _clip_fused(a)
+    if fused:
+        la, lb = la.to(torch.int64).contiguous(), lb.to(torch.int64).contiguous()
+        sa, wa = sa.contiguous(), wa.contiguous()
+        sb, wb = (None, None) if sb is None else (sb.contiguous(), wb.contiguous())
     for r0 in range(0, Ma, chunk):
         rows = slice(r0, r0 + chunk)
-        s = _gemm.mm(af[rows], bf.t()).mul_(scale).add_(bias)
-        same = la[rows, None] == lb[None, :]
-        ds = _dterm_cpu(s, same, sa[rows, 0:1], sa[rows, 2:3], wa[rows, None], eps, Nb, siglip)
-        if sb is not None:
-            ds += _dterm_cpu(s, same, sb[None, :, 0], sb[None, :, 2], wb[None, :], eps, Ma, siglip)
+        if fused:  # dS in place over the raw scores, both directions' terms in one pass
+            ds = _gemm.mm(af[rows], bf.t())
+            _backend.ext.cpu.clip_chunk_dscores(ds.shape[0], Nb, ds.stride(0), scale, bias, ds.data_ptr(),
+                                                la[r0:].data_ptr(), lb.data_ptr(), ds.data_ptr(), sa[r0:].data_ptr(),
+                                                wa[r0:].data_ptr(), Nb, 0 if sb is None else sb.data_ptr(),
+                                                0 if wb is None else wb.data_ptr(), Ma, eps,
+                                                torch.get_num_threads())
+        else:
+            s = _gemm.mm(af[rows], bf.t()).mul_(scale).add_(bias)
+            same = la[rows, None] == lb[None, :]
+            ds = _dterm_cpu(s, same, sa[rows, 0:1], sa[rows, 2:3], wa[rows, None], eps, Nb, siglip)
+            if sb is not None:
+                ds += _dterm_cpu(s, same, sb[None, :, 0], sb[None, :, 2], wb[None, :], eps, Ma, siglip)
         _gemm.mm(ds, bf, out=da[rows])
         _gemm.mm(ds.t(), af[rows], out=db, beta=1.0)
     return da.mul_(scale), db.mul_(scale)
