@@ -260,37 +260,38 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     product_pool_grouped_cpu(g, backward);
   });
-  // CLIP's passes over a chunk of raw scores (crossfuse/contrastive_cpu.h): sizes, scale, bias, then pointers
-  // s, la, lb and the outputs (0 = no column statistics).
-  auto clip_chunk = [](int64_t r, int64_t n, int64_t ld, float scale, float bias, uintptr_t s, uintptr_t la,
-                       uintptr_t lb, int nthreads) {
-    if (r < 0 || n < 0 || ld < n) throw std::invalid_argument("clip_chunk: bad sizes");
-    if (r * n && (!s || !la || !lb)) throw std::invalid_argument("clip_chunk: missing pointer");
-    ClipChunk c;
+  // The contrastive losses' passes over a chunk of raw scores (crossfuse/contrastive_cpu.h): the kind (SigLIP or
+  // CLIP), sizes, scale, bias, then pointers s, la, lb and the outputs (0 = no column statistics).
+  auto chunk_args = [](bool siglip, int64_t r, int64_t n, int64_t ld, float scale, float bias, uintptr_t s,
+                       uintptr_t la, uintptr_t lb, int nthreads) {
+    if (r < 0 || n < 0 || ld < n) throw std::invalid_argument("contrastive_chunk: bad sizes");
+    if (r * n && (!s || !la || !lb)) throw std::invalid_argument("contrastive_chunk: missing pointer");
+    ContrastiveChunk c;
     c.s = reinterpret_cast<const float*>(s); c.r = r; c.n = n; c.ld = ld; c.scale = scale; c.bias = bias;
     c.la = reinterpret_cast<const int64_t*>(la); c.lb = reinterpret_cast<const int64_t*>(lb);
     c.threads = nthreads;
+    c.siglip = siglip;
     return c;
   };
-  cpu.def("clip_chunk_forward", [clip_chunk](int64_t r, int64_t n, int64_t ld, float scale, float bias, uintptr_t s,
-                                             uintptr_t la, uintptr_t lb, uintptr_t row, uintptr_t col,
-                                             int nthreads) {
-    const ClipChunk c = clip_chunk(r, n, ld, scale, bias, s, la, lb, nthreads);
-    if (r && !row) throw std::invalid_argument("clip_chunk_forward: missing pointer");
+  cpu.def("contrastive_chunk_forward", [chunk_args](bool siglip, int64_t r, int64_t n, int64_t ld, float scale,
+                                                    float bias, uintptr_t s, uintptr_t la, uintptr_t lb,
+                                                    uintptr_t row, uintptr_t col, int nthreads) {
+    const ContrastiveChunk c = chunk_args(siglip, r, n, ld, scale, bias, s, la, lb, nthreads);
+    if (r && !row) throw std::invalid_argument("contrastive_chunk_forward: missing pointer");
     py::gil_scoped_release nogil;
-    clip_chunk_forward_cpu(c, reinterpret_cast<float*>(row), reinterpret_cast<float*>(col));
+    contrastive_chunk_forward_cpu(c, reinterpret_cast<float*>(row), reinterpret_cast<float*>(col));
   });
-  cpu.def("clip_chunk_dscores", [clip_chunk](int64_t r, int64_t n, int64_t ld, float scale, float bias, uintptr_t s,
-                                             uintptr_t la, uintptr_t lb, uintptr_t ds, uintptr_t row_st,
-                                             uintptr_t wr, int64_t nr, uintptr_t col_st, uintptr_t wc, int64_t nc,
-                                             float eps, int nthreads) {
-    const ClipChunk c = clip_chunk(r, n, ld, scale, bias, s, la, lb, nthreads);
+  cpu.def("contrastive_chunk_dscores", [chunk_args](bool siglip, int64_t r, int64_t n, int64_t ld, float scale,
+                                                    float bias, uintptr_t s, uintptr_t la, uintptr_t lb, uintptr_t ds,
+                                                    uintptr_t row_st, uintptr_t wr, int64_t nr, uintptr_t col_st,
+                                                    uintptr_t wc, int64_t nc, float eps, int nthreads) {
+    const ContrastiveChunk c = chunk_args(siglip, r, n, ld, scale, bias, s, la, lb, nthreads);
     if (r * n && (!ds || !row_st || !wr || (col_st && !wc)))
-      throw std::invalid_argument("clip_chunk_dscores: missing pointer");
+      throw std::invalid_argument("contrastive_chunk_dscores: missing pointer");
     py::gil_scoped_release nogil;
-    clip_chunk_dscores_cpu(c, reinterpret_cast<float*>(ds), reinterpret_cast<const float*>(row_st),
-                           reinterpret_cast<const float*>(wr), nr, reinterpret_cast<const float*>(col_st),
-                           reinterpret_cast<const float*>(wc), nc, eps);
+    contrastive_chunk_dscores_cpu(c, reinterpret_cast<float*>(ds), reinterpret_cast<const float*>(row_st),
+                                  reinterpret_cast<const float*>(wr), nr, reinterpret_cast<const float*>(col_st),
+                                  reinterpret_cast<const float*>(wc), nc, eps);
   });
   // Ask for transparent huge pages on the whole 2 MB pages inside [ptr, ptr + nbytes), before they are first
   // touched: a fresh buffer of tens of MB then faults in 2 MB at a time, where its 4 KB faults cost about as much

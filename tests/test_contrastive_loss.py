@@ -270,8 +270,9 @@ def test_triton_statistics_equal_the_cpu_ones(monkeypatch, device, from_cublas, 
 
 @pytest.mark.parametrize("Ma,Nb", [(70, 45), (1, 1), (40, 0), (0, 17), (1100, 9)])
 @pytest.mark.parametrize("both", [True, False])
-def test_clip_cpu_fused_passes_equal_the_torch_ones(monkeypatch, Ma, Nb, both):
-    """fp32 CLIP on cpu runs fused C++ passes over each chunk of S (statistics, column logsumexp, dS in place):
+@pytest.mark.parametrize("siglip", [False, True], ids=["clip", "siglip"])
+def test_cpu_fused_passes_equal_the_torch_ones(monkeypatch, Ma, Nb, both, siglip):
+    """fp32 on cpu runs fused C++ passes over each chunk of S (statistics, CLIP's column logsumexp, dS in place):
     they give the torch operations' statistics and gradients, one direction or both, with labels that repeat."""
     C = sys.modules["crossfuse.ops.contrastive_loss"]
     torch.manual_seed(0)
@@ -280,13 +281,14 @@ def test_clip_cpu_fused_passes_equal_the_torch_ones(monkeypatch, Ma, Nb, both):
     wa, wb = torch.randn(Ma), torch.randn(Nb)
     out = []
     for fused in (True, False):
-        monkeypatch.setattr(C, "_clip_fused", lambda a, fused=fused: fused)
-        sa, sb = C._rows_both_cpu(a, b, la, lb, 30.0, 0.5)
-        if not both:
-            sb, wb_ = None, None
+        monkeypatch.setattr(C, "_fused", lambda a, fused=fused: fused)
+        if siglip:
+            sa, sb = C._rows_cpu(a, b, la, lb, 30.0, -2.0, True), C._rows_cpu(b, a, lb, la, 30.0, -2.0, True)
         else:
-            wb_ = wb
-        out.append((sa, sb if both else sa[:0], *C._grads_cpu(a, b, la, lb, sa, wa, sb, wb_, 30.0, 0.5, 0.1, False)))
+            sa, sb = C._rows_both_cpu(a, b, la, lb, 30.0, 0.5)
+        grads = C._grads_cpu(a, b, la, lb, sa, wa, sb if both else None, wb if both else None, 30.0,
+                             -2.0 if siglip else 0.5, 0.1, siglip)
+        out.append((sa, sb, *grads))
     for name, got, want in zip(("row statistics", "column statistics", "dA", "dB"), *out):
         finite = want[torch.isfinite(want)].abs()  # sums of up to ~1e3: fp32 rounding, per magnitude
         atol = 1e-5 * max(finite.max().item() if finite.numel() else 1.0, 1.0)

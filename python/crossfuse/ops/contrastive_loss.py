@@ -53,7 +53,13 @@ def _rows_cpu(a, b, la, lb, scale, bias, siglip):
     Ma, Nb = a.shape[0], b.shape[0]
     stats = torch.zeros((Ma, STATS), dtype=torch.float32, device=a.device)
     bf, chunk = b.float(), _chunk(Nb)
+    fused = _fused(a)
+    if fused:
+        la, lb = la.to(torch.int64).contiguous(), lb.to(torch.int64).contiguous()
     for r0 in range(0, Ma, chunk):
+        if fused:
+            _chunk_forward(siglip, a[r0:r0 + chunk], bf, la[r0:], lb, scale, bias, stats[r0:], None)
+            continue
         s = _gemm.mm(a[r0:r0 + chunk].float(), bf.t()).mul_(scale).add_(bias)
         same = la[r0:r0 + chunk, None] == lb[None, :]
         st = stats[r0:r0 + chunk]
@@ -70,9 +76,18 @@ def _rows_cpu(a, b, la, lb, scale, bias, siglip):
     return stats
 
 
-def _clip_fused(a):
-    """CLIP's fused C++ passes over S's chunks (csrc/cpu/contrastive_loss.cpp) apply: fp32, the extension built."""
-    return a.dtype == torch.float32 and _backend.ext is not None and hasattr(_backend.ext.cpu, "clip_chunk_forward")
+def _chunk_forward(siglip, a, bf, la, lb, scale, bias, row, col):
+    """The fused forward pass over the chunk of S = a bf^T: row statistics into row, CLIP's columns into col."""
+    s = _gemm.mm(a, bf.t())
+    _backend.ext.cpu.contrastive_chunk_forward(siglip, s.shape[0], bf.shape[0], s.stride(0), scale, bias,
+                                               s.data_ptr(), la.data_ptr(), lb.data_ptr(), row.data_ptr(),
+                                               0 if col is None else col.data_ptr(), torch.get_num_threads())
+
+
+def _fused(a):
+    """The fused C++ passes over S's chunks (csrc/cpu/contrastive_loss.cpp) apply: fp32, the extension built."""
+    return a.dtype == torch.float32 and _backend.ext is not None and hasattr(_backend.ext.cpu,
+                                                                            "contrastive_chunk_forward")
 
 
 def _rows_both_cpu(a, b, la, lb, scale, bias):
@@ -87,15 +102,12 @@ def _rows_both_cpu(a, b, la, lb, scale, bias):
     col[0] = float("-inf")
     m, l, t = col[0], col[1], col[2]
     bf, chunk = b.float(), _chunk(Nb)
-    fused = _clip_fused(a)
+    fused = _fused(a)
     if fused:
         la, lb = la.to(torch.int64).contiguous(), lb.to(torch.int64).contiguous()
     for r0 in range(0, Ma, chunk):
         if fused:
-            s = _gemm.mm(a[r0:r0 + chunk], bf.t())
-            _backend.ext.cpu.clip_chunk_forward(s.shape[0], Nb, s.stride(0), scale, bias, s.data_ptr(),
-                                                la[r0:].data_ptr(), lb.data_ptr(), sa[r0:].data_ptr(),
-                                                col.data_ptr(), torch.get_num_threads())
+            _chunk_forward(False, a[r0:r0 + chunk], bf, la[r0:], lb, scale, bias, sa[r0:], col)
             continue
         s = _gemm.mm(a[r0:r0 + chunk].float(), bf.t()).mul_(scale).add_(bias)
         same = la[r0:r0 + chunk, None] == lb[None, :]
@@ -128,7 +140,7 @@ def _grads_cpu(a, b, la, lb, sa, wa, sb, wb, scale, bias, eps, siglip):
     da = torch.empty((Ma, D), dtype=torch.float32, device=a.device)
     db = torch.zeros((Nb, D), dtype=torch.float32, device=a.device)
     chunk = _chunk(Nb)
-    fused = not siglip and _clip_fused(a)
+    fused = _fused(a)
     if fused:
         la, lb = la.to(torch.int64).contiguous(), lb.to(torch.int64).contiguous()
         sa, wa = sa.contiguous(), wa.contiguous()
@@ -137,11 +149,10 @@ def _grads_cpu(a, b, la, lb, sa, wa, sb, wb, scale, bias, eps, siglip):
         rows = slice(r0, r0 + chunk)
         if fused:  # dS in place over the raw scores, both directions' terms in one pass
             ds = _gemm.mm(af[rows], bf.t())
-            _backend.ext.cpu.clip_chunk_dscores(ds.shape[0], Nb, ds.stride(0), scale, bias, ds.data_ptr(),
-                                                la[r0:].data_ptr(), lb.data_ptr(), ds.data_ptr(), sa[r0:].data_ptr(),
-                                                wa[r0:].data_ptr(), Nb, 0 if sb is None else sb.data_ptr(),
-                                                0 if wb is None else wb.data_ptr(), Ma, eps,
-                                                torch.get_num_threads())
+            _backend.ext.cpu.contrastive_chunk_dscores(
+                siglip, ds.shape[0], Nb, ds.stride(0), scale, bias, ds.data_ptr(), la[r0:].data_ptr(), lb.data_ptr(),
+                ds.data_ptr(), sa[r0:].data_ptr(), wa[r0:].data_ptr(), Nb, 0 if sb is None else sb.data_ptr(),
+                0 if wb is None else wb.data_ptr(), Ma, eps, torch.get_num_threads())
         else:
             s = _gemm.mm(af[rows], bf.t()).mul_(scale).add_(bias)
             same = la[rows, None] == lb[None, :]
