@@ -54,6 +54,7 @@ CF_CPU_CLONES void rows_forward(const ContrastiveChunk& c, int64_t i, float* st)
   const float* p = c.s + i * c.ld;
   const int64_t li = c.la[i];
   float mx = kNegInf, pos = 0.f, cnt = 0.f, tot = 0.f;
+#pragma omp simd reduction(max : mx) reduction(+ : pos, cnt, tot)
   for (int64_t j = 0; j < c.n; ++j) {
     const float v = p[j] * c.scale + c.bias;
     const bool same = c.lb[j] == li;
