@@ -52,14 +52,11 @@ def _clip_row_stats(st, s, on_same):
 def _rows_cpu(a, b, la, lb, scale, bias, siglip):
     Ma, Nb = a.shape[0], b.shape[0]
     stats = torch.zeros((Ma, STATS), dtype=torch.float32, device=a.device)
+    if _fused(a):
+        _fused_forward(siglip, a, b, la, lb, scale, bias, stats, None)
+        return stats
     bf, chunk = b.float(), _chunk(Nb)
-    fused = _fused(a)
-    if fused:
-        la, lb = la.to(torch.int64).contiguous(), lb.to(torch.int64).contiguous()
     for r0 in range(0, Ma, chunk):
-        if fused:
-            _chunk_forward(siglip, a[r0:r0 + chunk], bf, la[r0:], lb, scale, bias, stats[r0:], None)
-            continue
         s = _gemm.mm(a[r0:r0 + chunk].float(), bf.t()).mul_(scale).add_(bias)
         same = la[r0:r0 + chunk, None] == lb[None, :]
         st = stats[r0:r0 + chunk]
@@ -76,12 +73,17 @@ def _rows_cpu(a, b, la, lb, scale, bias, siglip):
     return stats
 
 
-def _chunk_forward(siglip, a, bf, la, lb, scale, bias, row, col):
-    """The fused forward pass over the chunk of S = a bf^T: row statistics into row, CLIP's columns into col."""
-    s = _gemm.mm(a, bf.t())
-    _backend.ext.cpu.contrastive_chunk_forward(siglip, s.shape[0], bf.shape[0], s.stride(0), scale, bias,
-                                               s.data_ptr(), la.data_ptr(), lb.data_ptr(), row.data_ptr(),
-                                               0 if col is None else col.data_ptr(), torch.get_num_threads())
+def _fused_forward(siglip, a, b, la, lb, scale, bias, row, col):
+    """The fused C++ forward over S's row chunks (fp32): the rows' statistics into row (Ma, 6) and, for CLIP's
+    pair, the columns' running statistics into col (6, Nb), else None."""
+    bf, chunk = b.float(), _chunk(b.shape[0])
+    la, lb = la.to(torch.int64).contiguous(), lb.to(torch.int64).contiguous()
+    for r0 in range(0, a.shape[0], chunk):
+        s = _gemm.mm(a[r0:r0 + chunk], bf.t())
+        _backend.ext.cpu.contrastive_chunk_forward(siglip, s.shape[0], bf.shape[0], s.stride(0), scale, bias,
+                                                   s.data_ptr(), la[r0:].data_ptr(), lb.data_ptr(),
+                                                   row[r0:].data_ptr(), 0 if col is None else col.data_ptr(),
+                                                   torch.get_num_threads())
 
 
 def _fused(a):
@@ -104,11 +106,8 @@ def _rows_both_cpu(a, b, la, lb, scale, bias):
     bf, chunk = b.float(), _chunk(Nb)
     fused = _fused(a)
     if fused:
-        la, lb = la.to(torch.int64).contiguous(), lb.to(torch.int64).contiguous()
-    for r0 in range(0, Ma, chunk):
-        if fused:
-            _chunk_forward(False, a[r0:r0 + chunk], bf, la[r0:], lb, scale, bias, sa[r0:], col)
-            continue
+        _fused_forward(False, a, b, la, lb, scale, bias, sa, col)
+    for r0 in range(0, 0 if fused else Ma, chunk):  # the same math as torch operations
         s = _gemm.mm(a[r0:r0 + chunk].float(), bf.t()).mul_(scale).add_(bias)
         same = la[r0:r0 + chunk, None] == lb[None, :]
         on_same = torch.where(same, s, 0)
