@@ -11,6 +11,7 @@
 #include "crossfuse/cell_cpu_small.h"
 #include "crossfuse/cell_step_cuda.h"
 #include "crossfuse/contrastive_cpu.h"
+#include "crossfuse/cpu_isa.h"
 #include "crossfuse/fusions_cpu.h"
 #include "crossfuse/gemm_cpu.h"
 #include "crossfuse/rnn_cpu.h"
@@ -307,6 +308,10 @@ PYBIND11_MODULE(_C, m) {
     return false;
 #endif
   }, py::arg("ptr"), py::arg("nbytes"));
+  // The x86 level the hand-written CPU kernels run at (crossfuse/cpu_isa.h): 4 AVX-512, 3 AVX2 + FMA, 0 baseline.
+  cpu.def("isa", [] { return cpu_isa(); });
+  cpu.def("isa_detected", [] { return cpu_isa_detected(); });
+  cpu.def("set_isa_cap", [](int cap) { return set_cpu_isa_cap(cap); }, py::arg("cap"));
   // fp32 C = alpha A B + beta C (+ bias per column) (crossfuse/gemm_cpu.h): sizes, then each operand's pointer and
   // strides in elements, the bias pointer (0 = none).
   cpu.def("sgemm", [](int64_t M, int64_t N, int64_t K, float alpha, uintptr_t A, int64_t rsa, int64_t csa,

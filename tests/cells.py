@@ -4,7 +4,7 @@ import torch
 
 import crossfuse
 from crossfuse import reference
-from harness import FLOOR, assert_within_rule, backend_cases, leaf_like, relu_kink_allowance, strided
+from harness import FLOOR, assert_within_rule, backend_cases, cpu_isa, isa_cases, leaf_like, relu_kink_allowance, strided
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_sigmoid": 1, "lstm": 4, "gru": 3}
 # (B, I, H, variant): zero batch, size one, odd and prime sizes; variants: plain, no bias, zero state, strided.
@@ -204,9 +204,22 @@ def make_tests(kinds):
     def test_cpu_training_forward_is_one_call(kind, monkeypatch):
         check_training_step(kind, monkeypatch)
 
+    @pytest.mark.parametrize("kind", kinds)
+    @pytest.mark.parametrize("isa", isa_cases())
+    @pytest.mark.parametrize("B,I,H,variant", ISA_SHAPES)
+    def test_cpu_kernels_at_each_isa_level(kind, isa, B, I, H, variant):
+        with cpu_isa(isa):
+            check_cell(kind, "cpu", "cpu", torch.float32, B, I, H, variant)
+
     return {f.__name__: f for f in (test_against_reference, test_module_is_drop_in, test_backward_is_deterministic,
                                     test_bad_input, test_cuda_single_launch_step_on_host_threads,
-                                    test_cuda_single_launch_step_on_gpu, test_cpu_training_forward_is_one_call)}
+                                    test_cuda_single_launch_step_on_gpu, test_cpu_training_forward_is_one_call,
+                                    test_cpu_kernels_at_each_isa_level)}
+
+
+# The single-call step's GEMV tiles at each level: a reduction of 16-wide steps with an 8-wide and a scalar tail
+# (I = 29 = 16 + 8 + 5), one of 16-wide steps and a scalar tail (H = 37); batch rows in threes, pairs and alone.
+ISA_SHAPES = [(1, 29, 37, "plain"), (3, 29, 37, "nobias"), (8, 32, 24, "plain"), (13, 29, 37, "strided")]
 
 
 def check_training_step(kind, monkeypatch):

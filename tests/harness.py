@@ -1,4 +1,6 @@
-"""Verification machinery every op's tests use: the tolerance rule, NaN-guarded strided inputs, device cases."""
+"""Verification machinery every op's tests use: the tolerance rule, NaN-guarded strided inputs, device cases,
+the CPU instruction-set levels."""
+import contextlib
 import importlib
 
 import pytest
@@ -14,6 +16,32 @@ HAS_GPU = torch.cuda.is_available()
 FLOOR = {torch.float32: 1e-5, torch.float16: torch.finfo(torch.float16).eps,
          torch.bfloat16: torch.finfo(torch.bfloat16).eps}
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# The levels of the cpu backend's hand-written kernels (csrc/include/crossfuse/cpu_isa.h): each runs on a CPU
+# that has its instructions, so one machine with AVX-512 tests all three.
+ISA_LEVELS = {"avx512": 4, "avx2": 3, "baseline": 0}
+
+
+@contextlib.contextmanager
+def cpu_isa(level: int):
+    """The cpu backend's kernels capped at `level` for the block."""
+    from crossfuse import _backend
+    cpu = _backend.ext.cpu
+    before = cpu.isa()
+    cpu.set_isa_cap(level)
+    try:
+        yield
+    finally:
+        cpu.set_isa_cap(before)
+
+
+def isa_cases():
+    """One case per level; a level above this CPU's is skipped with the reason (nothing could run it)."""
+    from crossfuse import _backend
+    have = _backend.ext.cpu.isa_detected() if _backend.ext is not None else 0
+    return [pytest.param(level, id=name, marks=() if level <= have else pytest.mark.skip(
+        reason=f"this CPU lacks the {name} instructions")) for name, level in ISA_LEVELS.items()]
 
 
 def backend_cases(backends=("reference", "cpu", "triton", "cuda"), dtypes=DTYPES):

@@ -10,7 +10,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import crossfuse
 from crossfuse.reference.rnn import rnn_layer
-from harness import assert_within_rule, backend_cases, leaf_like, relu_kink_allowance, strided
+from harness import assert_within_rule, backend_cases, cpu_isa, isa_cases, leaf_like, relu_kink_allowance, strided
 
 layer = importlib.import_module("crossfuse.ops.rnn").layer
 KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "rnn_sigmoid")
@@ -61,6 +61,25 @@ def _layer_cases():
 @pytest.mark.parametrize("T,B,I,H,lengths,reverse,with_state,backend,device,dtype", _layer_cases())
 @pytest.mark.parametrize("kind", KINDS)
 def test_layer_against_reference(kind, backend, device, dtype, T, B, I, H, lengths, reverse, with_state):
+    _check_layer(kind, backend, device, dtype, T, B, I, H, lengths, reverse, with_state)
+
+
+# The CPU recurrence's packed GEMV at each instruction-set level: AVX-512 takes rows in groups of up to 8 (B 11:
+# 8 + 3; B 16: 8 + 8), one or two rows with k split over accumulator sets; unit blocks with a partial one (H 37).
+ISA_SHAPES = [(5, 1, 29, 37, None, False, True), (4, 2, 16, 40, (4, 1), True, True),
+              (5, 11, 29, 37, None, False, False), (4, 16, 8, 24, (4, 3, 0, 4, 1, 2, 4, 4, 3, 2, 1, 4, 4, 2, 3, 4),
+                                                    False, True)]
+
+
+@pytest.mark.parametrize("isa", isa_cases())
+@pytest.mark.parametrize("T,B,I,H,lengths,reverse,with_state", ISA_SHAPES)
+@pytest.mark.parametrize("kind", ("lstm", "gru"))
+def test_cpu_kernels_at_each_isa_level(kind, T, B, I, H, lengths, reverse, with_state, isa):
+    with cpu_isa(isa):
+        _check_layer(kind, "cpu", "cpu", torch.float32, T, B, I, H, lengths, reverse, with_state)
+
+
+def _check_layer(kind, backend, device, dtype, T, B, I, H, lengths, reverse, with_state):
     t = _inputs(kind, T, B, I, H, with_state, dtype, device)
     lens = None if lengths is None else torch.tensor(lengths, device=device)
     n_out = 3 if kind == "lstm" else 2

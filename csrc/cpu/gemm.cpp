@@ -1,7 +1,8 @@
 // fp32 GEMM (crossfuse/gemm_cpu.h): the BLIS loop nest. B is packed in KC x NC blocks of 16-column panels,
-// A in MC x KC blocks of 6-row panels, and a 6x16 register tile (12 accumulators, two B vectors, two A
-// broadcasts: all 16 ymm registers) runs over each pair of panels. Threads take disjoint slices of C
-// (columns when there are more column panels than row panels, else rows), each with its own packing.
+// A in MC x KC blocks of 6-row panels. With AVX2 a 6x16 register tile (12 accumulators, two B vectors, two A
+// broadcasts: all 16 ymm registers) runs over each pair of panels; with AVX-512 a 6x32 tile takes an A panel and
+// two B panels (12 zmm accumulators: one B vector per panel). Threads take disjoint slices of C (columns when
+// there are more column panels than row panels, else rows), each with its own packing.
 #include "crossfuse/gemm_cpu.h"
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "crossfuse/common.h"
+#include "crossfuse/cpu_isa.h"
 #if CF_X86_CLONES
 #include <immintrin.h>
 #endif
@@ -44,7 +46,7 @@ struct Job {
   float* C;
   int64_t ldc;
   const float* bias;  // added to every row of C, or null
-  bool v3;            // the AVX2 + FMA kernels
+  int isa;            // crossfuse/cpu_isa.h: 4 the AVX-512 tile, 3 the AVX2 + FMA one, 0 the generic one
 };
 
 // C tile (m x n of MR x NR) = alpha * acc + beta * C (+ bias); beta == 0 leaves C unread.
@@ -161,6 +163,65 @@ __attribute__((target("arch=x86-64-v3"))) void kernel_v3(int64_t kc, const float
   store_tile(acc, C, ldc, m, n, alpha, beta, bias);
 }
 
+// The 6x32 tile over the A panel Ap and the B panels B0 and B1 (columns 16-31; unread when n <= 16): 12 zmm
+// accumulators, 2 B loads and 6 broadcasts (folded into the FMAs) per 12 FMAs. Masked loads and stores take
+// the partial tiles at the edges of C.
+__attribute__((target("arch=x86-64-v4"))) void kernel_v4(int64_t kc, const float* Ap, const float* B0,
+                                                         const float* B1, float* C, int64_t ldc, int64_t m,
+                                                         int64_t n, float alpha, float beta, const float* bias) {
+  __m512 c0[MR], c1[MR];
+  for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < m; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + n - 1), _MM_HINT_T0);
+  }
+  if (n > NR) {
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < kc; ++k) {
+      const __m512 b0 = _mm512_load_ps(B0 + k * NR), b1 = _mm512_load_ps(B1 + k * NR);
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; ++i) {
+        const __m512 a = _mm512_set1_ps(Ap[k * MR + i]);
+        c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+        c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+      }
+    }
+  } else {  // one panel: two sets of accumulators over alternate k (6 chains alone wait on the FMA latency)
+    int64_t k = 0;
+    for (; k + 2 <= kc; k += 2) {
+      const __m512 b0 = _mm512_load_ps(B0 + k * NR), b1 = _mm512_load_ps(B0 + (k + 1) * NR);
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; ++i) {
+        c0[i] = _mm512_fmadd_ps(_mm512_set1_ps(Ap[k * MR + i]), b0, c0[i]);
+        c1[i] = _mm512_fmadd_ps(_mm512_set1_ps(Ap[(k + 1) * MR + i]), b1, c1[i]);
+      }
+    }
+    for (; k < kc; ++k) {
+      const __m512 b0 = _mm512_load_ps(B0 + k * NR);
+      for (int i = 0; i < MR; ++i) c0[i] = _mm512_fmadd_ps(_mm512_set1_ps(Ap[k * MR + i]), b0, c0[i]);
+    }
+    for (int i = 0; i < MR; ++i) {
+      c0[i] = _mm512_add_ps(c0[i], c1[i]);
+      c1[i] = _mm512_setzero_ps();
+    }
+  }
+  const __mmask16 m0 = n >= NR ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+  const __mmask16 m1 = n >= 2 * NR ? __mmask16(0xFFFF) : (n > NR ? __mmask16((1u << (n - NR)) - 1) : __mmask16(0));
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  const __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+  const __m512 bias1 = bias && m1 ? _mm512_maskz_loadu_ps(m1, bias + NR) : _mm512_setzero_ps();
+  for (int64_t i = 0; i < m; ++i) {
+    float* row = C + i * ldc;
+    __m512 r0 = _mm512_fmadd_ps(va, c0[i], bias0), r1 = _mm512_fmadd_ps(va, c1[i], bias1);
+    if (beta != 0.f) {
+      r0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, row), r0);
+      if (m1) r1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, row + NR), r1);
+    }
+    _mm512_mask_storeu_ps(row, m0, r0);
+    if (m1) _mm512_mask_storeu_ps(row + NR, m1, r1);
+  }
+}
+
 // pack_b's transposed case (columns contiguous along k, csb > 1, rsb == 1) for a full panel: 8x8 blocks
 // transposed in registers, where the scalar loop stores one float at a time.
 __attribute__((target("arch=x86-64-v3"))) void pack_b_t_v3(const float* src, int64_t csb, int64_t kc, float* dst) {
@@ -199,10 +260,6 @@ __attribute__((target("arch=x86-64-v3"))) void pack_b_t_v3(const float* src, int
     for (int j = 0; j < NR; ++j) dst[k * NR + j] = src[j * csb + k];
 }
 
-bool has_v3() {
-  static const bool v3 = __builtin_cpu_supports("x86-64-v3");
-  return v3;
-}
 #endif
 
 // Ap[panel][k][i] for rows [0, mc) (zero past mc) and depths [0, kc) of A (already offset).
@@ -266,11 +323,13 @@ void gemm_slice(const Job& j, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   thread_local std::vector<float> abuf, bbuf;
   float* Ap = scratch(abuf, MC * KC);
   float* Bp = scratch(bbuf, KC * NC);
-  const bool v3 = j.v3;
+  const bool v3 = j.isa >= 3;
 #if CF_X86_CLONES
   auto kernel = v3 ? kernel_v3 : kernel_generic;
+  const bool v4 = j.isa >= 4;
 #else
   auto kernel = kernel_generic;
+  const bool v4 = false;
 #endif
   for (int64_t jc = n0; jc < n1; jc += NC) {
     const int64_t nc = std::min(NC, n1 - jc);
@@ -282,6 +341,16 @@ void gemm_slice(const Job& j, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       for (int64_t ic = m0; ic < m1; ic += MC) {
         const int64_t mc = std::min(MC, m1 - ic);
         pack_a(j.A + ic * j.rsa + pc * j.csa, j.rsa, j.csa, mc, kc, Ap);
+#if CF_X86_CLONES
+        if (v4) {
+          for (int64_t jr = 0; jr < nc; jr += 2 * NR)
+            for (int64_t ir = 0; ir < mc; ir += MR)
+              kernel_v4(kc, Ap + ir * kc, Bp + jr * kc, Bp + (jr + NR) * kc, j.C + (ic + ir) * j.ldc + jc + jr,
+                        j.ldc, std::min<int64_t>(MR, mc - ir), std::min<int64_t>(2 * NR, nc - jr), j.alpha, beta,
+                        bias ? bias + jr : nullptr);
+          continue;
+        }
+#endif
         for (int64_t jr = 0; jr < nc; jr += NR)
           for (int64_t ir = 0; ir < mc; ir += MR)
             kernel(kc, Ap + ir * kc, Bp + jr * kc, j.C + (ic + ir) * j.ldc + jc + jr, j.ldc,
@@ -313,12 +382,7 @@ void sgemm_cpu(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int
         C[i * ldc + jj] = (beta == 0.f ? 0.f : beta * C[i * ldc + jj]) + (bias ? bias[jj] : 0.f);
     return;
   }
-#if CF_X86_CLONES
-  const bool v3 = !generic && has_v3();
-#else
-  const bool v3 = false;
-#endif
-  const Job job{K, alpha, beta, A, rsa, csa, B, rsb, csb, C, ldc, bias, v3};
+  const Job job{K, alpha, beta, A, rsa, csa, B, rsb, csb, C, ldc, bias, generic ? 0 : cpu_isa()};
   int nt = cpu_threads(nthreads);
   // Each thread packs all of the operand the split does not divide: split the one whose duplicate packing costs
   // more (B once per depth block, A once per column block of a thread's share), as long as it has the panels.

@@ -6,6 +6,7 @@
 #pragma once
 #include <algorithm>
 #include "crossfuse/cell.h"
+#include "crossfuse/cpu_isa.h"
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -108,15 +109,54 @@ __attribute__((target("arch=x86-64-v3"))) void tile_v3(const float* w, const flo
                                                         float* out, int ldo) {
   tile_body<NR, NB, true>(w, a, sa, K, out, ldo);
 }
-inline bool has_v3() {
-  static const bool v3 = __builtin_cpu_supports("x86-64-v3");
-  return v3;
+inline bool has_v3() { return cpu_isa() >= 3; }
+inline bool has_v4() { return cpu_isa() >= 4; }
+
+typedef float v16f __attribute__((vector_size(64)));
+CF_AI v16f load16(const float* p) { v16f v; __builtin_memcpy(&v, p, 64); return v; }
+
+// tile_body with 16-float vectors: the same NR x NB dot products, 16 values of k per multiply-add; the
+// accumulators fold to 8 lanes for the transposing reduction and the last 8-wide step. (Tiles of up to 8 batch
+// rows, which the 32 registers would hold, measured slower: GCC then folds every input load into its FMA.)
+template <int NR, int NB>
+__attribute__((target("arch=x86-64-v4"))) void tile_v4(const float* w, const float* a, int64_t sa, int64_t K,
+                                                        float* out, int ldo) {
+  constexpr int N = NR * NB;
+  static_assert(N == 8 || (N == 12 && NR == 4), "8 or 12 accumulators");
+  v16f acc[N] = {};
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    v16f av[NB];
+    for (int b = 0; b < NB; ++b) av[b] = load16(a + b * sa + k);
+    for (int r = 0; r < NR; ++r) {
+      v16f wv = load16(w + r * K + k);
+      if constexpr (NB > 1) asm("" : "+v"(wv));  // one load per NB multiply-adds (see tile_v3)
+      for (int b = 0; b < NB; ++b) acc[b * NR + r] += wv * av[b];
+    }
+  }
+  v8f acc8[N];
+  for (int q = 0; q < N; ++q)
+    acc8[q] = __builtin_shufflevector(acc[q], acc[q], 0, 1, 2, 3, 4, 5, 6, 7) +
+              __builtin_shufflevector(acc[q], acc[q], 8, 9, 10, 11, 12, 13, 14, 15);
+  if (k + 8 <= K) {
+    for (int r = 0; r < NR; ++r)
+      for (int b = 0; b < NB; ++b) acc8[b * NR + r] += load8(w + r * K + k) * load8(a + b * sa + k);
+    k += 8;
+  }
+  float sums[N];  // index b * NR + r
+  store8(sums, hsum8x8(acc8));
+  if constexpr (N == 12) store4(sums + 8, hsum4x8(acc8 + 8));
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < NR; ++r)
+      for (int64_t t = k; t < K; ++t) sums[b * NR + r] += w[r * K + t] * a[b * sa + t];
+  for (int b = 0; b < NB; ++b) __builtin_memcpy(out + b * ldo, sums + b * NR, sizeof(float) * NR);
 }
 #endif
 
 template <int NR, int NB>
 CF_AI void tile(const float* w, const float* a, int64_t sa, int64_t K, float* out, int ldo) {
 #if CF_X86_CLONES
+  if (has_v4()) return tile_v4<NR, NB>(w, a, sa, K, out, ldo);
   if (NB > 1 && has_v3()) return tile_v3<NR, NB>(w, a, sa, K, out, ldo);
 #endif
   tile_body<NR, NB, false>(w, a, sa, K, out, ldo);
@@ -251,6 +291,67 @@ __attribute__((target("arch=x86-64-v3"))) inline void packed_lstm_rows3(const fl
 }
 #endif
 
+#if CF_X86_CLONES
+// LSTM's packed GEMV with AVX-512: a k's 32 weights (4 gates x 8 units) are two 16-float vectors (gates 0-1,
+// 2-3), so NB rows take 2 NB accumulators (up to 16 of the 32 registers) and the broadcasts fold into the
+// multiply-adds. One or two rows split k over KS accumulator sets: two chains alone wait on the FMA latency.
+template <int NB>
+__attribute__((target("arch=x86-64-v4"))) void packed_lstm_v4(const float* P, const float* h, int64_t sh,
+                                                              int64_t k0, int64_t k1, float* out, bool first) {
+  constexpr int O = kSmallMaxBatch * 8, KS = NB == 1 ? 4 : (NB == 2 ? 2 : 1);
+  v16f acc[KS][NB][2];
+  for (int s = 0; s < KS; ++s)
+    for (int b = 0; b < NB; ++b)
+      for (int v = 0; v < 2; ++v) {
+        v16f x = {};
+        if (!first && s == 0) {
+          const v8f lo = load8(out + 2 * v * O + b * 8), hi = load8(out + (2 * v + 1) * O + b * 8);
+          x = __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        }
+        acc[s][b][v] = x;
+      }
+  auto step = [&](int s, int64_t k) __attribute__((always_inline)) {
+    const v16f w0 = load16(P + k * 32), w1 = load16(P + k * 32 + 16);
+    for (int b = 0; b < NB; ++b) {
+      const float x = h[b * sh + k];
+      acc[s][b][0] += w0 * x;
+      acc[s][b][1] += w1 * x;
+    }
+  };
+  int64_t k = k0;
+  for (; k + KS <= k1; k += KS)
+    for (int s = 0; s < KS; ++s) step(s, k + s);
+  for (; k < k1; ++k) step(0, k);
+  for (int b = 0; b < NB; ++b)
+    for (int v = 0; v < 2; ++v) {
+      v16f x = acc[0][b][v];
+      for (int s = 1; s < KS; ++s) x += acc[s][b][v];
+      store8(out + 2 * v * O + b * 8, __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7));
+      store8(out + (2 * v + 1) * O + b * 8, __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15));
+    }
+}
+
+// Rows [0, B) in groups of up to 8 (16 accumulators).
+inline void packed_lstm_rows_v4(const float* P, const float* h, int64_t sh, int64_t B, int64_t k0, int64_t k1,
+                                float* out) {
+  const bool first = k0 == 0;
+  for (int64_t b = 0; b < B; b += 8) {
+    const float* hb = h + b * sh;
+    float* ob = out + b * 8;
+    switch (std::min<int64_t>(8, B - b)) {
+      case 1: packed_lstm_v4<1>(P, hb, sh, k0, k1, ob, first); break;
+      case 2: packed_lstm_v4<2>(P, hb, sh, k0, k1, ob, first); break;
+      case 3: packed_lstm_v4<3>(P, hb, sh, k0, k1, ob, first); break;
+      case 4: packed_lstm_v4<4>(P, hb, sh, k0, k1, ob, first); break;
+      case 5: packed_lstm_v4<5>(P, hb, sh, k0, k1, ob, first); break;
+      case 6: packed_lstm_v4<6>(P, hb, sh, k0, k1, ob, first); break;
+      case 7: packed_lstm_v4<7>(P, hb, sh, k0, k1, ob, first); break;
+      default: packed_lstm_v4<8>(P, hb, sh, k0, k1, ob, first); break;
+    }
+  }
+}
+#endif
+
 // out[g][b][u] (row stride kSmallMaxBatch * 8 per gate) for B <= kSmallMaxBatch rows of h: k in chunks whose
 // weights stay in L1 while the rows pass over them: LSTM rows in threes by hand (above), then in pairs (2 x G
 // accumulators and the broadcasts fit the registers), a last single row.
@@ -261,6 +362,10 @@ CF_AI void packed_gates(const float* P, const float* h, int64_t sh, int64_t B, i
     const int64_t k1 = std::min(K, k0 + KC);
     int64_t b = 0;
 #if CF_X86_CLONES
+    if (G == 4 && has_v4()) {
+      packed_lstm_rows_v4(P, h, sh, B, k0, k1, out);
+      continue;
+    }
     if (G == 4 && has_v3()) {
       if (k0 == 0)
         for (int64_t r = 0; r < B - B % 3; ++r)

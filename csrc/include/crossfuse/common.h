@@ -20,11 +20,12 @@
 #define CF_DEV inline
 #endif
 
-// CPU hot loops are compiled twice, for x86-64-v3 (AVX2 and FMA together) and for the baseline, and picked at
-// load time: one wheel, full speed where the instructions exist. (target_clones("avx2,fma") would make two
-// clones, AVX2 without FMA and FMA without AVX2, and the resolver prefers the first: no fused multiply-adds.)
+// CPU hot loops are compiled three times, for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 and FMA together) and the
+// baseline, and picked at load time: one wheel, full speed where the instructions exist. (target_clones("avx2,fma")
+// would make two clones, AVX2 without FMA and FMA without AVX2, and the resolver prefers the first: no fused
+// multiply-adds.)
 #if defined(__x86_64__) && defined(__GNUC__) && __GNUC__ >= 12 && !defined(__clang__) && !defined(__CUDACC__)
-#define CF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define CF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define CF_X86_CLONES 1
 #else
 #define CF_CPU_CLONES
