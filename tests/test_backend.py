@@ -1,5 +1,6 @@
 """The one dispatch mechanism: default choice per device, per-call override, the context manager,
 and errors that say why a backend is unavailable."""
+import os
 import subprocess
 import sys
 
@@ -60,8 +61,23 @@ def test_default_never_picks_triton_for_cpu_without_interpreter(monkeypatch):
 def test_info_command():
     out = subprocess.run([sys.executable, "-m", "crossfuse", "info"], capture_output=True, text=True, check=True).stdout
     for needle in ("crossfuse 0.1.0", "torch", "triton", "extension crossfuse._C loaded", "CUDA archs 80,90",
-                   "GPU", "lstm_cell", "rnn_cell", "gru_cell"):
+                   "GPU", "lstm_cell", "rnn_cell", "gru_cell", "CPU kernels at "):
         assert needle in out, (needle, out)
+
+
+def test_cpu_isa_cap_from_the_environment():
+    """CROSSFUSE_CPU_ISA caps the cpu backend's kernels (never above what the CPU has) and info says so."""
+    from crossfuse import _backend
+    have = _backend.ext.cpu.isa_detected()
+    code = "from crossfuse import _backend; print(_backend.ext.cpu.isa())"
+    for name, level in (("baseline", 0), ("v3", 3), ("v4", 4)):
+        env = dict(os.environ, CROSSFUSE_CPU_ISA=name)
+        got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        assert int(got.stdout) == min(level, have), (name, got.stdout)
+    env = dict(os.environ, CROSSFUSE_CPU_ISA="baseline")
+    out = subprocess.run([sys.executable, "-m", "crossfuse", "info"], capture_output=True, text=True, check=True,
+                         env=env).stdout
+    assert "CPU kernels at baseline" in out, out
 
 
 @pytest.mark.gpu

@@ -22,6 +22,10 @@ def info() -> str:
         lines.append(f"extension not loaded: {_backend._ext_error}")
     else:
         lines.append(f"extension crossfuse._C loaded (OpenMP {'on' if ext.openmp else 'off'})")
+        levels = {4: "AVX-512 (x86-64-v4)", 3: "AVX2 + FMA (x86-64-v3)", 0: "baseline"}
+        lines.append(f"CPU kernels at {levels[ext.cpu.isa()]}"
+                     + ("" if ext.cpu.isa() == ext.cpu.isa_detected() else
+                        f", capped by CROSSFUSE_CPU_ISA (the CPU has {levels[ext.cpu.isa_detected()]})"))
         lines.append(f"CUDA archs {ext.cuda_archs or 'none (built without CUDA kernels)'}")
     if torch.cuda.is_available():
         lines.append(f"GPU       {torch.cuda.get_device_name(0)} (sm_{''.join(map(str, torch.cuda.get_device_capability(0)))})")

@@ -9,8 +9,8 @@ namespace crossfuse {
 
 // A element (i, k) at A[i * rsa + k * csa], B (k, j) at B[k * rsb + j * csb], C (i, j) at C[i * ldc + j];
 // bias (N values, or null) is added to every row. beta == 0 does not read C (it may hold NaN). nthreads <= 0:
-// OpenMP's default. `generic` runs the baseline (non-AVX2) kernels, which tests use to cover the code that
-// machines without AVX2 and FMA take.
+// OpenMP's default. `generic` runs the baseline (non-AVX2) kernels whatever the level in force (crossfuse/cpu_isa.h),
+// which otherwise picks the AVX-512 or the AVX2 tile.
 void sgemm_cpu(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t rsa, int64_t csa,
                const float* B, int64_t rsb, int64_t csb, float beta, float* C, int64_t ldc,
                const float* bias = nullptr, int nthreads = 0, bool generic = false);

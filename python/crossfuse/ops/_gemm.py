@@ -1,6 +1,7 @@
-"""fp32 matrix products for the cpu backend's ops (csrc/cpu/gemm.cpp): a packed 6x16 register-tile GEMM that
-takes any strides, so transposed operands are never copied. On the 2-core AMD EPYC dev VM it ran nine of the
-fusions' and layers' projection shapes 1.10-1.51x as fast as torch.mm (MKL) in interleaved runs. Anything it
+"""fp32 matrix products for the cpu backend's ops (csrc/cpu/gemm.cpp): a packed register-tile GEMM (AVX-512 or
+AVX2) that takes any strides, so transposed operands are never copied. On a 2-core AMD EPYC VM it ran nine of the
+fusions' and layers' projection shapes 1.10-1.51x as fast as torch.mm (MKL) in interleaved runs; on a 2-core
+Intel Xeon with AVX-512, 0.85-0.97x of it on large projections (README, cpu backend). Anything it
 does not cover (other dtypes or devices, an output without unit column stride, GEMV-like shapes) goes to torch.
 `linear` puts F.linear's forward and backward on it (the fusion modules' projections on the cpu backend)."""
 from __future__ import annotations
