@@ -72,32 +72,51 @@ CF_AI v4f hsum4x8(const v8f* a) {
   return __builtin_shufflevector(u, u, 0, 1, 2, 3) + __builtin_shufflevector(u, u, 4, 5, 6, 7);
 }
 
+typedef float v16f __attribute__((vector_size(64)));
+CF_AI v16f load16(const float* p) { v16f v; __builtin_memcpy(&v, p, 64); return v; }
+template <int W> struct Vec { typedef v8f type; static v8f load(const float* p) { return load8(p); } };
+template <> struct Vec<16> { typedef v16f type; static v16f load(const float* p) { return load16(p); } };
+
 // Dot products of NR weight rows (stride K) with NB input rows (stride sa): NR * NB = 8 or 12 independent
 // accumulators (one chain would be latency-bound; 12 also keep each weight slice for 3 rows); writes
-// out[b * ldo + r]. PIN keeps each weight slice in a register (see tile below).
-template <int NR, int NB, bool PIN>
+// out[b * ldo + r]. PIN keeps each weight slice in a register (see tile below). W: floats per vector, 8 or 16
+// (AVX-512: the accumulators fold to 8 lanes for the reduction and a last 8-wide step). (Tiles of up to 8 batch
+// rows, which AVX-512's 32 registers would hold, measured slower: GCC then folds every input load into its FMA.)
+template <int NR, int NB, bool PIN, int W = 8>
 CF_AI void tile_body(const float* w, const float* a, int64_t sa, int64_t K, float* out, int ldo) {
   constexpr int N = NR * NB;
   static_assert(N == 8 || (N == 12 && NR == 4), "8 or 12 accumulators");
-  v8f acc[N] = {};
+  using V = typename Vec<W>::type;
+  V acc[N] = {};
   int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    v8f av[NB];
-    for (int b = 0; b < NB; ++b) av[b] = load8(a + b * sa + k);
+  for (; k + W <= K; k += W) {
+    V av[NB];
+    for (int b = 0; b < NB; ++b) av[b] = Vec<W>::load(a + b * sa + k);
     for (int r = 0; r < NR; ++r) {
-      v8f wv = load8(w + r * K + k);
-      if constexpr (PIN) asm("" : "+x"(wv));
+      V wv = Vec<W>::load(w + r * K + k);
+      if constexpr (PIN) asm("" : "+v"(wv));
       for (int b = 0; b < NB; ++b) acc[b * NR + r] += wv * av[b];
     }
   }
-  float sums[N];  // index b * NR + r
-  store8(sums, hsum8x8(acc));
-  if constexpr (N == 12) store4(sums + 8, hsum4x8(acc + 8));
-  if (k < K) {
-    for (int b = 0; b < NB; ++b)
-      for (int r = 0; r < NR; ++r)
-        for (int64_t t = k; t < K; ++t) sums[b * NR + r] += w[r * K + t] * a[b * sa + t];
+  v8f acc8[N];
+  for (int q = 0; q < N; ++q) {
+    if constexpr (W == 16)
+      acc8[q] = __builtin_shufflevector(acc[q], acc[q], 0, 1, 2, 3, 4, 5, 6, 7) +
+                __builtin_shufflevector(acc[q], acc[q], 8, 9, 10, 11, 12, 13, 14, 15);
+    else
+      acc8[q] = acc[q];
   }
+  if (W == 16 && k + 8 <= K) {
+    for (int r = 0; r < NR; ++r)
+      for (int b = 0; b < NB; ++b) acc8[b * NR + r] += load8(w + r * K + k) * load8(a + b * sa + k);
+    k += 8;
+  }
+  float sums[N];  // index b * NR + r
+  store8(sums, hsum8x8(acc8));
+  if constexpr (N == 12) store4(sums + 8, hsum4x8(acc8 + 8));
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < NR; ++r)
+      for (int64_t t = k; t < K; ++t) sums[b * NR + r] += w[r * K + t] * a[b * sa + t];
   for (int b = 0; b < NB; ++b) __builtin_memcpy(out + b * ldo, sums + b * NR, sizeof(float) * NR);
 }
 
@@ -112,44 +131,10 @@ __attribute__((target("arch=x86-64-v3"))) void tile_v3(const float* w, const flo
 inline bool has_v3() { return cpu_isa() >= 3; }
 inline bool has_v4() { return cpu_isa() >= 4; }
 
-typedef float v16f __attribute__((vector_size(64)));
-CF_AI v16f load16(const float* p) { v16f v; __builtin_memcpy(&v, p, 64); return v; }
-
-// tile_body with 16-float vectors: the same NR x NB dot products, 16 values of k per multiply-add; the
-// accumulators fold to 8 lanes for the transposing reduction and the last 8-wide step. (Tiles of up to 8 batch
-// rows, which the 32 registers would hold, measured slower: GCC then folds every input load into its FMA.)
 template <int NR, int NB>
 __attribute__((target("arch=x86-64-v4"))) void tile_v4(const float* w, const float* a, int64_t sa, int64_t K,
                                                         float* out, int ldo) {
-  constexpr int N = NR * NB;
-  static_assert(N == 8 || (N == 12 && NR == 4), "8 or 12 accumulators");
-  v16f acc[N] = {};
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
-    v16f av[NB];
-    for (int b = 0; b < NB; ++b) av[b] = load16(a + b * sa + k);
-    for (int r = 0; r < NR; ++r) {
-      v16f wv = load16(w + r * K + k);
-      if constexpr (NB > 1) asm("" : "+v"(wv));  // one load per NB multiply-adds (see tile_v3)
-      for (int b = 0; b < NB; ++b) acc[b * NR + r] += wv * av[b];
-    }
-  }
-  v8f acc8[N];
-  for (int q = 0; q < N; ++q)
-    acc8[q] = __builtin_shufflevector(acc[q], acc[q], 0, 1, 2, 3, 4, 5, 6, 7) +
-              __builtin_shufflevector(acc[q], acc[q], 8, 9, 10, 11, 12, 13, 14, 15);
-  if (k + 8 <= K) {
-    for (int r = 0; r < NR; ++r)
-      for (int b = 0; b < NB; ++b) acc8[b * NR + r] += load8(w + r * K + k) * load8(a + b * sa + k);
-    k += 8;
-  }
-  float sums[N];  // index b * NR + r
-  store8(sums, hsum8x8(acc8));
-  if constexpr (N == 12) store4(sums + 8, hsum4x8(acc8 + 8));
-  for (int b = 0; b < NB; ++b)
-    for (int r = 0; r < NR; ++r)
-      for (int64_t t = k; t < K; ++t) sums[b * NR + r] += w[r * K + t] * a[b * sa + t];
-  for (int b = 0; b < NB; ++b) __builtin_memcpy(out + b * ldo, sums + b * NR, sizeof(float) * NR);
+  tile_body<NR, NB, (NB > 1), 16>(w, a, sa, K, out, ldo);
 }
 #endif
 
