@@ -16,21 +16,24 @@ int cpu_isa_detected() {
 #endif
 }
 
-int set_cpu_isa_cap(int cap) {
+namespace {
+// A level the kernels have (0, 3, 4), at most `cap` and at most the CPU's.
+int capped(int cap) {
   const int hw = cpu_isa_detected();
-  g_cpu_isa = cap < hw ? (cap >= 4 ? 4 : (cap >= 3 ? 3 : 0)) : hw;
-  return g_cpu_isa;
+  const int level = cap >= 4 ? 4 : (cap >= 3 ? 3 : 0);
+  return level < hw ? level : hw;
 }
 
-namespace {
+// CROSSFUSE_CPU_ISA: "v4", "v3" or "baseline"; unset, empty or anything else leaves the CPU's own level.
 int initial_level() {
   const char* env = std::getenv("CROSSFUSE_CPU_ISA");
-  const int hw = cpu_isa_detected();
-  if (env == nullptr || *env == 0) return hw;
-  const int cap = std::strcmp(env, "baseline") == 0 ? 0 : (std::strcmp(env, "v3") == 0 ? 3 : 4);
-  return cap < hw ? cap : hw;
+  if (env != nullptr && std::strcmp(env, "baseline") == 0) return capped(0);
+  if (env != nullptr && std::strcmp(env, "v3") == 0) return capped(3);
+  return capped(4);
 }
 }  // namespace
+
+int set_cpu_isa_cap(int cap) { return g_cpu_isa = capped(cap); }
 
 int g_cpu_isa = initial_level();
 
