@@ -151,7 +151,8 @@ PYBIND11_MODULE(_C, m) {
   // activated gates for the backward (LSTM i f g o, GRU r z n hn), as the gate kernels' forward writes them.
   cpu.def("cell_step", [](int kind, int64_t B, int64_t I, int64_t H, uintptr_t x, int64_t sx, uintptr_t hx, int64_t sh,
                           uintptr_t cx, int64_t sc, uintptr_t w_ih, uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh,
-                          uintptr_t hy, int64_t shy, uintptr_t cy, int64_t scy, uintptr_t ws, int nthreads) {
+                          uintptr_t hy, int64_t shy, uintptr_t cy, int64_t scy, uintptr_t ws, uintptr_t w_ih_packed,
+                          uintptr_t w_hh_packed, int nthreads) {
     if (B < 0 || B > kSmallStepMaxBatch || I < 0 || H < 0)
       throw std::invalid_argument("cell_step: batch must be in [0, " + std::to_string(kSmallStepMaxBatch) + "]");
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("cell_step: wrong kind");
@@ -163,11 +164,24 @@ PYBIND11_MODULE(_C, m) {
     a.x = f(x); a.hx = f(hx); a.cx = f(cx); a.w_ih = f(w_ih); a.w_hh = f(w_hh); a.b_ih = f(b_ih); a.b_hh = f(b_hh);
     a.hy = reinterpret_cast<float*>(hy); a.cy = reinterpret_cast<float*>(cy);
     a.sx = sx; a.sh = sh; a.sc = sc; a.shy = shy; a.scy = scy; a.threads = nthreads;
-    if (kind == kLstm || kind == kGru) { a.ws = reinterpret_cast<float*>(ws); a.sws = 4 * H; }
+    if (kind == kLstm || kind == kGru) {
+      a.ws = reinterpret_cast<float*>(ws); a.sws = 4 * H;
+      a.w_ih_packed = f(w_ih_packed); a.w_packed = f(w_hh_packed);
+    }
     if (B * H == 0) return;
     py::gil_scoped_release nogil;
     cell_step_cpu(a);
   });
+  // A cell weight (G*H, K), row-major, repacked by blocks of cell_pack_units hidden units for cell_step
+  // (w_ih_packed / w_hh_packed): out holds ceil(H / units) * K * G * units floats.
+  cpu.def("pack_cell_weight", [](int64_t G, int64_t H, int64_t K, uintptr_t w, uintptr_t out) {
+    if (G < 1 || H < 0 || K < 0) throw std::invalid_argument("pack_cell_weight: wrong sizes");
+    if (G * H * K > 0 && (!w || !out)) throw std::invalid_argument("pack_cell_weight: missing pointer");
+    py::gil_scoped_release nogil;
+    pack_units_cpu(reinterpret_cast<const float*>(w), G, H, K, 0, (H + kSmallUnits - 1) / kSmallUnits,
+                   reinterpret_cast<float*>(out));
+  });
+  cpu.attr("cell_pack_units") = kSmallUnits;
   // The cuda backend's single-launch cell step run on host threads (a test double: `nthreads` threads per block).
   cpu.def("cell_step_emulate", [](int kind, int dtype, int64_t B, int64_t I, int64_t H, const std::vector<uintptr_t>& p,
                                   const std::vector<int64_t>& strides, int nthreads) {

@@ -211,10 +211,22 @@ def make_tests(kinds):
         with cpu_isa(isa):
             check_cell(kind, "cpu", "cpu", torch.float32, B, I, H, variant)
 
+    @pytest.mark.parametrize("kind", kinds)
+    @pytest.mark.parametrize("isa", isa_cases())
+    @pytest.mark.parametrize("B,I,H,variant", PACKED_SHAPES)
+    def test_cpu_packed_weights_at_each_isa_level(kind, isa, B, I, H, variant, monkeypatch):
+        with cpu_isa(isa):
+            check_packed_step(kind, B, I, H, variant, monkeypatch)
+
+    @pytest.mark.parametrize("kind", kinds)
+    def test_cpu_packed_weights_follow_weight_changes(kind, monkeypatch):
+        check_packed_weights_follow_changes(kind, monkeypatch)
+
     return {f.__name__: f for f in (test_against_reference, test_module_is_drop_in, test_backward_is_deterministic,
                                     test_bad_input, test_cuda_single_launch_step_on_host_threads,
                                     test_cuda_single_launch_step_on_gpu, test_cpu_training_forward_is_one_call,
-                                    test_cpu_kernels_at_each_isa_level)}
+                                    test_cpu_kernels_at_each_isa_level, test_cpu_packed_weights_at_each_isa_level,
+                                    test_cpu_packed_weights_follow_weight_changes)}
 
 
 # The single-call step's GEMV tiles at each level: a reduction of 16-wide steps with an 8-wide and a scalar tail
@@ -228,7 +240,7 @@ def check_training_step(kind, monkeypatch):
     from crossfuse import _backend
     calls = []
     real = _backend.ext.cpu.cell_step
-    monkeypatch.setattr(_backend.ext.cpu, "cell_step", lambda *a: calls.append(a[-2]) or real(*a))
+    monkeypatch.setattr(_backend.ext.cpu, "cell_step", lambda *a: calls.append(a[-4]) or real(*a))  # ws
     t = make_inputs(kind, 4, 6, 5, "plain", torch.float32, "cpu")
     for v in t.values():
         if v is not None:
@@ -264,3 +276,85 @@ def check_cuda_step(kind, dtype, B, I, H, variant, threads, device="cpu"):
         return
     for i, (g, lo, r) in enumerate(zip(got, low, ref)):
         assert_within_rule(f"out{i}", g, lo, r, dtype)
+
+
+# The single-call step on repacked weights: H not a multiple of the 8-unit blocks (37, 13), one unit, one input
+# feature; rows in one pass of up to 8, in passes of 16 (37 = 16 + 16 + 5) and at the step's limit (64); no
+# bias, no state; strided inputs (not the single-call step: nothing packed).
+PACKED_SHAPES = [(1, 29, 37, "plain"), (1, 1, 1, "plain"), (8, 32, 24, "nobias"), (13, 7, 13, "nostate"),
+                 (37, 20, 40, "plain"), (64, 9, 16, "plain"), (0, 5, 7, "plain"), (3, 13, 37, "strided")]
+
+
+def _record_packed(monkeypatch):
+    """A list that gets, for each cell_step call, whether it ran on repacked weights (its w_ih_packed pointer)."""
+    from crossfuse import _backend
+    seen = []
+    real = _backend.ext.cpu.cell_step
+    monkeypatch.setattr(_backend.ext.cpu, "cell_step", lambda *a: seen.append(a[-3] != 0) or real(*a))
+    return seen
+
+
+def _check_no_grad(kind, t):
+    t64 = {k: None if v is None else v.detach().double() for k, v in t.items()}
+    ref, low = call(kind, reference, t64), call(kind, reference, t)
+    with torch.no_grad():
+        got = call(kind, crossfuse.ops, t, backend="cpu")
+    for i, (g, lo, r) in enumerate(zip(got, low, ref)):
+        assert_within_rule(f"out{i}", g, lo, r, torch.float32)
+
+
+def check_packed_step(kind, B, I, H, variant, monkeypatch):
+    """LSTM and GRU: the first call with a set of weights runs on them as they are, the second repacks them and
+    runs on the copies, as does the third; the other kinds never repack. Outputs (no grad) and then every
+    gradient (autograd, the same leaves twice: the forward keeps its workspace) match the float64 reference."""
+    seen = _record_packed(monkeypatch)
+    t = make_inputs(kind, B, I, H, variant, torch.float32, "cpu")
+    for _ in range(3):
+        _check_no_grad(kind, t)
+    gated = kind in ("lstm", "gru")
+    assert seen == ([] if variant == "strided" else [False, gated, gated])
+    t64 = {k: None if v is None else v.detach().double() for k, v in t.items()}
+    cot = [torch.randn(B, H, dtype=torch.float64) for _ in range(2 if kind == "lstm" else 1)]
+    ref_out, ref_g = grads(kind, reference, t64, cot)
+    low_out, low_g = grads(kind, reference, t, cot)
+    leaves = {k: None if v is None else leaf_like(v) for k, v in t.items()}
+    names = [k for k, v in leaves.items() if v is not None]
+    for _ in range(2):
+        outs = call(kind, crossfuse.ops, leaves, backend="cpu")
+        loss = sum((o.double() * c).sum() for o, c in zip(outs, cot))
+        g = dict(zip(names, torch.autograd.grad(loss, [leaves[n] for n in names])))
+        for i in range(len(outs)):
+            assert_within_rule(f"out{i}", outs[i], low_out[i], ref_out[i], torch.float32)
+        for n in names:
+            assert_within_rule(f"d{n}", g[n], low_g[n], ref_g[n], torch.float32)
+
+
+def check_packed_weights_follow_changes(kind, monkeypatch):
+    """The copies are remade after an in-place update or a `.data` swap of either weight, never used for other
+    tensors (a weight made anew each call may get the last one's memory), and not made when turned off."""
+    from crossfuse.ops import _cell
+    seen = _record_packed(monkeypatch)
+    gated = kind in ("lstm", "gru")
+    t = make_inputs(kind, 5, 12, 19, "plain", torch.float32, "cpu")
+    changes = [(lambda: t["w_hh"].mul_(0.5), False), (lambda: t["w_ih"].add_(0.01), False),
+               (lambda: setattr(t["w_ih"], "data", t["w_ih"].data * 2), False),
+               (lambda: t["b_ih"].add_(0.5), True)]  # biases are read as they are: their change keeps the copies
+    for change, keeps in changes:
+        _check_no_grad(kind, t)
+        _check_no_grad(kind, t)
+        change()
+        seen.clear()
+        _check_no_grad(kind, t)
+        assert seen == [gated and keeps]
+    w_ih = t["w_ih"]
+    seen.clear()
+    for _ in range(4):
+        t["w_ih"] = w_ih * torch.rand(()) * 2  # new values in a new tensor, often at the last one's address
+        _check_no_grad(kind, t)
+    assert not any(seen)
+    monkeypatch.setattr(_cell, "_PACK_WEIGHTS", False)
+    t = make_inputs(kind, 5, 12, 19, "plain", torch.float32, "cpu")
+    seen.clear()
+    for _ in range(3):
+        _check_no_grad(kind, t)
+    assert seen == [False] * 3

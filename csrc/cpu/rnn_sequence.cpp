@@ -46,7 +46,7 @@ void rnn_sequence_cpu(const SeqArgs& s) {
                   j1 = std::min(H, (id + 1) * per * kSmallUnits);
     std::vector<uint8_t> active(s.lengths ? B : 0);
     if (pack) {  // a thread reads only its own blocks: no barrier needed before the first step
-      pack_units_cpu(s.w_hh, G, H, j0 / kSmallUnits, (j1 + kSmallUnits - 1) / kSmallUnits, packed.data());
+      pack_units_cpu(s.w_hh, G, H, H, j0 / kSmallUnits, (j1 + kSmallUnits - 1) / kSmallUnits, packed.data());
     }
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = s.reverse ? T - 1 - step : step, p = s.reverse ? t + 1 : t - 1;

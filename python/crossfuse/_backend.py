@@ -23,7 +23,7 @@ class _Local(threading.local):
 
 
 _local = _Local()
-_reasons: dict[tuple, str | None] = {}  # (backend, device type) -> why unavailable; (op, device type, "auto") -> choice
+_reasons: dict[tuple, str | None] = {}  # (backend, device type) -> why unavailable; (op, device type, asked) -> choice
 
 try:
     from crossfuse import _C as ext  # noqa: N812
@@ -112,6 +112,10 @@ def choose(op: str, device: torch.device, backend: str | None = None) -> str:
     if backend is None:
         backend = _local.backend
     dtype = device.type
+    key = (op, dtype, backend)  # cached beside the reasons, so resetting `_reasons` resets this too
+    choice = _reasons.get(key)
+    if choice is not None:
+        return choice
     if backend is not None:
         if backend not in _OPS[op]:
             _check_name(backend)
@@ -119,13 +123,11 @@ def choose(op: str, device: torch.device, backend: str | None = None) -> str:
         reason = unavailable_reason(backend, dtype)
         if reason is not None:
             raise RuntimeError(f"{op}: backend {backend!r} is not available for {dtype} tensors: {reason}")
-        return backend
-    key = (op, dtype, "auto")  # cached beside the reasons, so resetting `_reasons` resets this too
-    choice = _reasons.get(key)
-    if choice is None:
+        choice = backend
+    else:
         choice = next((b for b in PREFERENCE.get(dtype, ()) if b in _OPS[op] and unavailable_reason(b, dtype) is None),
                       "reference")
-        _reasons[key] = choice
+    _reasons[key] = choice
     return choice
 
 

@@ -28,8 +28,10 @@ struct SmallCellArgs {
   float* ws = nullptr;
   const uint8_t* active = nullptr;
   int64_t sgi = 0, sws = 0;
-  // Sequence use, LSTM/GRU: w_hh repacked by unit block (pack_units_cpu), or null for the row-dot GEMV.
+  // LSTM/GRU: w_hh repacked by unit block (pack_units_cpu), or null for the row-dot GEMV. A single step (no
+  // gi_pre) takes it only with w_ih_packed, w_ih packed the same way (the cpu backend caches both per weight).
   const float* w_packed = nullptr;
+  const float* w_ih_packed = nullptr;
   int threads = 0;  // the single-call step's parallel region: see cpu_threads (crossfuse/common.h)
 };
 
@@ -342,7 +344,8 @@ inline void packed_lstm_rows_v4(const float* P, const float* h, int64_t sh, int6
 // accumulators and the broadcasts fit the registers), a last single row.
 template <int G>
 CF_AI void packed_gates(const float* P, const float* h, int64_t sh, int64_t B, int64_t K, float* out) {
-  constexpr int64_t KC = 64;
+  // One pass of rows (B <= 8 with AVX-512) needs no chunks: the accumulators stay in registers over all of K.
+  const int64_t KC = G == 4 && B <= 8 && cpu_isa() >= 4 ? K : 64;
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
     const int64_t k1 = std::min(K, k0 + KC);
     int64_t b = 0;
@@ -367,17 +370,17 @@ CF_AI void packed_gates(const float* P, const float* h, int64_t sh, int64_t B, i
 #undef CF_AI
 }  // namespace small
 
-// w_hh (G*H, H) row-major into P[block][k][g][u] for the unit blocks [blk0, blk1) (units past H get zero
-// weights): the layout small::packed_gates streams.
-inline void pack_units_cpu(const float* w, int64_t G, int64_t H, int64_t blk0, int64_t blk1, float* P) {
+// A weight (G*H, K) row-major (w_hh: K = H; w_ih: K = input size) into P[block][k][g][u] for the unit blocks
+// [blk0, blk1) (units past H get zero weights): the layout small::packed_gates streams.
+inline void pack_units_cpu(const float* w, int64_t G, int64_t H, int64_t K, int64_t blk0, int64_t blk1, float* P) {
   constexpr int U = kSmallUnits;
   for (int64_t blk = blk0; blk < blk1; ++blk) {
-    float* dst = P + blk * H * G * U;
+    float* dst = P + blk * K * G * U;
     for (int64_t g = 0; g < G; ++g)
       for (int u = 0; u < U; ++u) {
         const int64_t j = blk * U + u;
-        const float* row = j < H ? w + (g * H + j) * H : nullptr;
-        for (int64_t k = 0; k < H; ++k) dst[(k * G + g) * U + u] = row ? row[k] : 0.f;
+        const float* row = j < H ? w + (g * H + j) * K : nullptr;
+        for (int64_t k = 0; k < K; ++k) dst[(k * G + g) * U + u] = row ? row[k] : 0.f;
       }
   }
 }
@@ -435,6 +438,7 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
       const int64_t B = std::min<int64_t>(kSmallMaxBatch, a.B - r0);
       const float* hx = a.hx ? a.hx + r0 * a.sh : nullptr;
       const bool packed = G > 1 && hx && a.w_packed && a.gi_pre;
+      const bool packed_x = G > 1 && a.w_ih_packed && !a.gi_pre && I > 0 && (!hx || a.w_packed);
       auto load_gi = [&](int k, const float* ahead) {
         const int64_t row = k * H + u0;
         for (int64_t b = 0; b < B; ++b) {
@@ -453,11 +457,14 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
           const float* ahead = u0 + U < j1 ? a.gi_pre + u0 + U : (a.gi_next ? a.gi_next + j0 : nullptr);
           for (int k = 0; k < G; ++k) load_gi(k, ahead);
           small::packed_gates<G>(a.w_packed + (u0 / U) * H * G * U, hx, a.sh, B, H, &gh[0][0][0]);
+        } else if (packed_x) {
+          small::packed_gates<G>(a.w_ih_packed + (u0 / U) * I * G * U, a.x + r0 * a.sx, a.sx, B, I, &gi[0][0][0]);
+          if (hx) small::packed_gates<G>(a.w_packed + (u0 / U) * H * G * U, hx, a.sh, B, H, &gh[0][0][0]);
         }
       }
       for (int k = 0; k < G; ++k) {
         const int64_t row = k * H + u0;
-        if (!packed) {
+        if (!packed && !packed_x) {
           if (a.gi_pre) {
             // the next step's slice of this block, to L2 (the weights stream through L1)
             if (a.gi_next)

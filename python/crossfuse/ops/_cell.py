@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import weakref
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -199,24 +200,21 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
     """A call on CPU for the cpu backend that fits the single-call step (fp32, small batch, unit-stride rows)
     runs here as one C++ call: (hy, cy), or with `need_ws` (hy, cy, ws), ws the activated gates the backward
     reads; otherwise None, and the general path, with its full checks, runs instead. At these sizes the Python
-    around the kernel costs as much as the kernel, so every check here is a cheap attribute test (about 0.1 us
-    each)."""
+    around the kernel costs as much as the kernel: the weights' checks are cached (_step_weights) and every
+    check here is a cheap attribute test (about 0.1 us each)."""
     f32 = _F32
     if x.dtype is not f32 or x.ndim != 2:
         return None
     B, I = x.shape
-    GH, H = w_hh.shape
-    if (B > _STEP_MAX_BATCH or GH != GATES[kind] * H or x.stride()[1] != 1
-            or w_hh.dtype is not f32 or not w_hh.is_cpu or not w_hh.is_contiguous()
-            or w_ih.dtype is not f32 or not w_ih.is_cpu or not w_ih.is_contiguous() or w_ih.shape != (GH, I)):
+    if B > _STEP_MAX_BATCH or x.stride(1) != 1:
         return None
-    if b_ih is not None and (b_ih.dtype is not f32 or not b_ih.is_cpu or b_ih.shape != (GH,) or b_ih.stride()[0] != 1):
+    w = _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I)
+    if w is None:
         return None
-    if b_hh is not None and (b_hh.dtype is not f32 or not b_hh.is_cpu or b_hh.shape != (GH,) or b_hh.stride()[0] != 1):
+    H = w[0]
+    if hx is not None and (hx.dtype is not f32 or not hx.is_cpu or hx.shape != (B, H) or hx.stride(1) != 1):
         return None
-    if hx is not None and (hx.dtype is not f32 or not hx.is_cpu or hx.shape != (B, H) or hx.stride()[1] != 1):
-        return None
-    if cx is not None and (cx.dtype is not f32 or not cx.is_cpu or cx.shape != (B, H) or cx.stride()[1] != 1):
+    if cx is not None and (cx.dtype is not f32 or not cx.is_cpu or cx.shape != (B, H) or cx.stride(1) != 1):
         return None
     if _backend.FILL_NAN:
         hy = x.new_full((B, H), float("nan"))
@@ -226,13 +224,74 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
         cy = x.new_empty(B, H) if kind == "lstm" else None
     ws = _backend.empty((B, 4 * H), dtype=f32, device=_CPU) if need_ws and kind in ("lstm", "gru") else None
     _backend.ext.cpu.cell_step(
-        KINDS[kind], B, I, H, x.data_ptr(), x.stride()[0],
-        0 if hx is None else hx.data_ptr(), 0 if hx is None else hx.stride()[0],
-        0 if cx is None else cx.data_ptr(), 0 if cx is None else cx.stride()[0],
-        w_ih.data_ptr(), w_hh.data_ptr(), 0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr(),
-        hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H, 0 if ws is None else ws.data_ptr(),
-        torch.get_num_threads())
+        KINDS[kind], B, I, H, x.data_ptr(), x.stride(0),
+        0 if hx is None else hx.data_ptr(), 0 if hx is None else hx.stride(0),
+        0 if cx is None else cx.data_ptr(), 0 if cx is None else cx.stride(0),
+        *w[1], hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H, 0 if ws is None else ws.data_ptr(),
+        *(w[2] or (0, 0)), torch.get_num_threads())
     return (hy, cy, ws) if need_ws else (hy, cy)
+
+
+# The single-call step checks the weights once per set of tensors, their shapes, version counters and storage
+# (an in-place update, an optimizer step or a `.data` swap starts over), and keeps what it found:
+# id(w_hh) -> [key, weakrefs to w_ih, b_ih, b_hh (None for no bias), (H, pointers, packed pointers) or None if
+# unfit, packed copies]. The weakrefs, not ids, tell a tensor made anew each call (whose memory and id may be
+# those of the last one) from the same tensor.
+_STEP_WEIGHTS: dict[int, list] = {}
+# LSTM/GRU weights repacked by blocks of hidden units (P[block][k][gate][unit], as the sequence's recurrence
+# streams them): every multiply-add then takes a whole vector of units, where the row-major weights need a
+# horizontal sum per unit. Made on the second call that sees the same weights, so a loop that updates them every
+# call never pays for a copy it does not reuse. The copies cost as much memory as the weights;
+# CROSSFUSE_CPU_PACK_WEIGHTS=0 turns them off.
+_PACK_WEIGHTS = os.environ.get("CROSSFUSE_CPU_PACK_WEIGHTS", "1") != "0"
+
+
+def _same(ref, t):
+    return t is None if ref is None else ref() is t
+
+
+def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
+    """(H, (w_ih, w_hh, b_ih, b_hh pointers), (packed w_ih, packed w_hh pointers) or None) if the single-call
+    step takes these weights for input size I, else None."""
+    try:
+        key = (w_ih._version, w_hh._version, w_ih.data_ptr(), w_hh.data_ptr(), w_ih.shape, w_hh.shape, I,
+               0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr())
+    except (AttributeError, RuntimeError):  # not tensors, or inference tensors (no version counter): not cached
+        return _check_step_weights(kind, w_ih, w_hh, b_ih, b_hh, I)
+    e = _STEP_WEIGHTS.get(id(w_hh))  # an entry here is w_hh's: its finalizer drops it
+    if e is not None and e[0] == key and e[1]() is w_ih and _same(e[2], b_ih) and _same(e[3], b_hh):
+        w = e[4]
+        if w is not None and e[5] is None and _PACK_WEIGHTS and kind in ("lstm", "gru") and I:
+            H = w[0]  # seen twice unchanged: worth a copy
+            e[5] = (_pack_weight(w_ih, GATES[kind], H, I), _pack_weight(w_hh, GATES[kind], H, H))
+            w = e[4] = (H, w[1], (e[5][0].data_ptr(), e[5][1].data_ptr()))
+        return w
+    if e is None:
+        weakref.finalize(w_hh, _STEP_WEIGHTS.pop, id(w_hh), None)
+    w = _check_step_weights(kind, w_ih, w_hh, b_ih, b_hh, I)
+    ref = lambda t: None if t is None else weakref.ref(t)  # noqa: E731
+    _STEP_WEIGHTS[id(w_hh)] = [key, weakref.ref(w_ih), ref(b_ih), ref(b_hh), w, None]
+    return w
+
+
+def _check_step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
+    f32 = _F32
+    GH, H = w_hh.shape
+    if (GH != GATES[kind] * H or w_hh.dtype is not f32 or not w_hh.is_cpu or not w_hh.is_contiguous()
+            or w_ih.dtype is not f32 or not w_ih.is_cpu or not w_ih.is_contiguous() or w_ih.shape != (GH, I)):
+        return None
+    for b in (b_ih, b_hh):
+        if b is not None and (b.dtype is not f32 or not b.is_cpu or b.shape != (GH,) or b.stride(0) != 1):
+            return None
+    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    return H, (w_ih.data_ptr(), w_hh.data_ptr(), ptr(b_ih), ptr(b_hh)), None
+
+
+def _pack_weight(w, G, H, K):
+    units = _backend.ext.cpu.cell_pack_units
+    out = torch.empty(((H + units - 1) // units) * K * G * units, dtype=_F32)
+    _backend.ext.cpu.pack_cell_weight(G, H, K, w.data_ptr(), out.data_ptr())
+    return out
 
 
 # The cuda backend's single-launch step (csrc/cuda/cell_step.cu): up to this many batch rows; none with
