@@ -151,8 +151,8 @@ PYBIND11_MODULE(_C, m) {
   // activated gates for the backward (LSTM i f g o, GRU r z n hn), as the gate kernels' forward writes them.
   cpu.def("cell_step", [](int kind, int64_t B, int64_t I, int64_t H, uintptr_t x, int64_t sx, uintptr_t hx, int64_t sh,
                           uintptr_t cx, int64_t sc, uintptr_t w_ih, uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh,
-                          uintptr_t hy, int64_t shy, uintptr_t cy, int64_t scy, uintptr_t ws, uintptr_t w_ih_packed,
-                          uintptr_t w_hh_packed, int nthreads) {
+                          uintptr_t w_ih_packed, uintptr_t w_hh_packed, uintptr_t hy, int64_t shy, uintptr_t cy,
+                          int64_t scy, uintptr_t ws, int nthreads) {
     if (B < 0 || B > kSmallStepMaxBatch || I < 0 || H < 0)
       throw std::invalid_argument("cell_step: batch must be in [0, " + std::to_string(kSmallStepMaxBatch) + "]");
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("cell_step: wrong kind");

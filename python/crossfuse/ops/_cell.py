@@ -206,15 +206,17 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
     if x.dtype is not f32 or x.ndim != 2:
         return None
     B, I = x.shape
-    if B > _STEP_MAX_BATCH or x.stride(1) != 1:
+    sx = x.stride()
+    if B > _STEP_MAX_BATCH or sx[1] != 1:
         return None
     w = _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I)
     if w is None:
         return None
     H = w[0]
-    if hx is not None and (hx.dtype is not f32 or not hx.is_cpu or hx.shape != (B, H) or hx.stride(1) != 1):
+    sh = sc = (0, 1)
+    if hx is not None and (hx.dtype is not f32 or not hx.is_cpu or hx.shape != (B, H) or (sh := hx.stride())[1] != 1):
         return None
-    if cx is not None and (cx.dtype is not f32 or not cx.is_cpu or cx.shape != (B, H) or cx.stride(1) != 1):
+    if cx is not None and (cx.dtype is not f32 or not cx.is_cpu or cx.shape != (B, H) or (sc := cx.stride())[1] != 1):
         return None
     if _backend.FILL_NAN:
         hy = x.new_full((B, H), float("nan"))
@@ -224,18 +226,16 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
         cy = x.new_empty(B, H) if kind == "lstm" else None
     ws = _backend.empty((B, 4 * H), dtype=f32, device=_CPU) if need_ws and kind in ("lstm", "gru") else None
     _backend.ext.cpu.cell_step(
-        KINDS[kind], B, I, H, x.data_ptr(), x.stride(0),
-        0 if hx is None else hx.data_ptr(), 0 if hx is None else hx.stride(0),
-        0 if cx is None else cx.data_ptr(), 0 if cx is None else cx.stride(0),
-        *w[1], hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H, 0 if ws is None else ws.data_ptr(),
-        *(w[2] or (0, 0)), torch.get_num_threads())
+        KINDS[kind], B, I, H, x.data_ptr(), sx[0], 0 if hx is None else hx.data_ptr(), sh[0],
+        0 if cx is None else cx.data_ptr(), sc[0], *w[1], hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H,
+        0 if ws is None else ws.data_ptr(), torch.get_num_threads())
     return (hy, cy, ws) if need_ws else (hy, cy)
 
 
 # The single-call step checks the weights once per set of tensors, their shapes, version counters and storage
 # (an in-place update, an optimizer step or a `.data` swap starts over), and keeps what it found:
-# id(w_hh) -> [key, weakrefs to w_ih, b_ih, b_hh (None for no bias), (H, pointers, packed pointers) or None if
-# unfit, packed copies]. The weakrefs, not ids, tell a tensor made anew each call (whose memory and id may be
+# id(w_hh) -> [key, weakrefs to w_ih, b_ih, b_hh (None for no bias), (H, pointers) or None if unfit, packed
+# copies]. The weakrefs, not ids, tell a tensor made anew each call (whose memory and id may be
 # those of the last one) from the same tensor.
 _STEP_WEIGHTS: dict[int, list] = {}
 # LSTM/GRU weights repacked by blocks of hidden units (P[block][k][gate][unit], as the sequence's recurrence
@@ -251,8 +251,8 @@ def _same(ref, t):
 
 
 def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
-    """(H, (w_ih, w_hh, b_ih, b_hh pointers), (packed w_ih, packed w_hh pointers) or None) if the single-call
-    step takes these weights for input size I, else None."""
+    """(H, pointers to w_ih, w_hh, b_ih, b_hh and the packed w_ih, w_hh (0 for none)) if the single-call step
+    takes these weights for input size I, else None."""
     try:
         key = (w_ih._version, w_hh._version, w_ih.data_ptr(), w_hh.data_ptr(), w_ih.shape, w_hh.shape, I,
                0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr())
@@ -264,7 +264,7 @@ def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
         if w is not None and e[5] is None and _PACK_WEIGHTS and kind in ("lstm", "gru") and I:
             H = w[0]  # seen twice unchanged: worth a copy
             e[5] = (_pack_weight(w_ih, GATES[kind], H, I), _pack_weight(w_hh, GATES[kind], H, H))
-            w = e[4] = (H, w[1], (e[5][0].data_ptr(), e[5][1].data_ptr()))
+            w = e[4] = (H, (*w[1][:4], e[5][0].data_ptr(), e[5][1].data_ptr()))
         return w
     if e is None:
         weakref.finalize(w_hh, _STEP_WEIGHTS.pop, id(w_hh), None)
@@ -284,7 +284,7 @@ def _check_step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
         if b is not None and (b.dtype is not f32 or not b.is_cpu or b.shape != (GH,) or b.stride(0) != 1):
             return None
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    return H, (w_ih.data_ptr(), w_hh.data_ptr(), ptr(b_ih), ptr(b_hh)), None
+    return H, (w_ih.data_ptr(), w_hh.data_ptr(), ptr(b_ih), ptr(b_hh), 0, 0)  # no packed copies (yet)
 
 
 def _pack_weight(w, G, H, K):
@@ -391,8 +391,8 @@ def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend, module=None):
         chosen = _backend.choose(op, _CPU, backend)
         if chosen == "cpu":
             try:
-                out = None if _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh) else _try_cpu_step(
-                    kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+                out = None if torch.is_grad_enabled() and _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh) \
+                    else _try_cpu_step(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
             except (AttributeError, TypeError, ValueError):
                 out = None  # malformed arguments: the general path says what is wrong
             if out is not None:
