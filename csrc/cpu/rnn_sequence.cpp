@@ -65,6 +65,8 @@ void rnn_sequence_cpu(const SeqArgs& s) {
       a.ws = s.ws ? s.ws + t * 4 * BH : nullptr; a.sws = 4 * H;
       a.active = s.lengths ? active.data() : nullptr;
       a.w_packed = pack ? packed.data() : nullptr;
+      if (step > 0 && j0 < j1)  // the other threads' units of the last state: in flight together, not one by one
+        for (int64_t i = 0; i < BH; i += 16) __builtin_prefetch(a.hx + i, 0, 3);
       if (j0 < j1) cell_step_range_cpu(a, j0, j1);
 #if defined(_OPENMP)
 #pragma omp barrier

@@ -131,7 +131,8 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
             hy, cy, ws = step if need_ws else (*step, None)
             return hy.unsqueeze(0), None if cy is None else cy.unsqueeze(0), None if ws is None else ws.unsqueeze(0)
     if cpu32:  # on CPU a GEMM with a bias first copies it into every row of gi: the recurrence adds b_ih instead
-        gi = _gemm.mm(x.reshape(T * B, I), w_ih.t()).view(T, B, w_ih.shape[0])
+        GH = w_ih.shape[0]  # gi never leaves this call: a reused buffer (no page faults)
+        gi = _gemm.mm(x.reshape(T * B, I), w_ih.t(), out=_backend.scratch(T * B * GH).view(T * B, GH)).view(T, B, GH)
     else:
         gi = torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H), b_ih folded in
     new = _backend.empty
