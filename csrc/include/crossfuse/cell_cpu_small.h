@@ -28,7 +28,7 @@ struct SmallCellArgs {
   float* ws = nullptr;
   const uint8_t* active = nullptr;
   int64_t sgi = 0, sws = 0;
-  // LSTM/GRU: w_hh repacked by unit block (pack_units_cpu), or null for the row-dot GEMV. A single step (no
+  // LSTM/GRU: w_hh repacked by unit block (pack_units_cpu), or null for the row-dot GEMV. An LSTM single step (no
   // gi_pre) takes it only with w_ih_packed, w_ih packed the same way (the cpu backend caches both per weight).
   const float* w_packed = nullptr;
   const float* w_ih_packed = nullptr;
@@ -438,7 +438,7 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
       const int64_t B = std::min<int64_t>(kSmallMaxBatch, a.B - r0);
       const float* hx = a.hx ? a.hx + r0 * a.sh : nullptr;
       const bool packed = G > 1 && hx && a.w_packed && a.gi_pre;
-      const bool packed_x = G > 1 && a.w_ih_packed && !a.gi_pre && I > 0 && (!hx || a.w_packed);
+      const bool packed_x = KIND == kLstm && a.w_ih_packed && !a.gi_pre && I > 0 && (!hx || a.w_packed);
       auto load_gi = [&](int k, const float* ahead) {
         const int64_t row = k * H + u0;
         for (int64_t b = 0; b < B; ++b) {
