@@ -234,9 +234,9 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
 
 # The single-call step checks the weights once per set of tensors, their shapes, version counters and storage
 # (an in-place update, an optimizer step or a `.data` swap starts over), and keeps what it found:
-# id(w_hh) -> [key, weakrefs to w_ih, b_ih, b_hh (None for no bias), (H, pointers) or None if unfit, packed
-# copies]. The weakrefs, not ids, tell a tensor made anew each call (whose memory and id may be
-# those of the last one) from the same tensor.
+# id(w_hh) -> [key, weakrefs to w_ih, b_ih, b_hh (None for no bias), _step_weights' answer, packed copies]. The
+# weakrefs, not ids, tell a tensor made anew each call (whose memory and id may be the last one's) from the same
+# tensor.
 _STEP_WEIGHTS: dict[int, list] = {}
 # LSTM weights repacked by blocks of hidden units (P[block][k][gate][unit], as the sequence's recurrence streams
 # them): every multiply-add then takes a whole vector of units, where the row-major weights need a horizontal sum
@@ -253,8 +253,9 @@ def _same(ref, t):
 
 
 def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
-    """(H, pointers to w_ih, w_hh, b_ih, b_hh and the packed w_ih, w_hh (0 for none)) if the single-call step
-    takes these weights for input size I, else None."""
+    """(H, pointers to w_ih, w_hh, b_ih, b_hh and the packed w_ih, w_hh (0 for none), the packed copies or None)
+    if the single-call step takes these weights for input size I, else None. The caller holds the result until its
+    call returns: another thread may drop the entry meanwhile, never the copies it points to."""
     try:
         key = (w_ih._version, w_hh._version, w_ih.data_ptr(), w_hh.data_ptr(), w_ih.shape, w_hh.shape, I,
                0 if b_ih is None else b_ih.data_ptr(), 0 if b_hh is None else b_hh.data_ptr())
@@ -265,8 +266,11 @@ def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
         w = e[4]
         if w is not None and e[5] is None and _PACK_WEIGHTS and kind == "lstm" and I:
             H = w[0]  # seen twice unchanged: worth a copy
-            e[5] = (_pack_weight(w_ih, GATES[kind], H, I), _pack_weight(w_hh, GATES[kind], H, H))
-            w = e[4] = (H, (*w[1][:4], e[5][0].data_ptr(), e[5][1].data_ptr()))
+            packed = (_pack_weight(w_ih, GATES[kind], H, I), _pack_weight(w_hh, GATES[kind], H, H))
+            if e[5] is None:  # the packing let other threads run: the first copy made is the one kept
+                e[5] = packed
+                e[4] = (H, (*w[1][:4], packed[0].data_ptr(), packed[1].data_ptr()), packed)
+            w = e[4]
         return w
     if e is None:
         weakref.finalize(w_hh, _STEP_WEIGHTS.pop, id(w_hh), None)
@@ -286,7 +290,7 @@ def _check_step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
         if b is not None and (b.dtype is not f32 or not b.is_cpu or b.shape != (GH,) or b.stride(0) != 1):
             return None
     ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    return H, (w_ih.data_ptr(), w_hh.data_ptr(), ptr(b_ih), ptr(b_hh), 0, 0)  # no packed copies (yet)
+    return H, (w_ih.data_ptr(), w_hh.data_ptr(), ptr(b_ih), ptr(b_hh), 0, 0), None  # no packed copies (yet)
 
 
 def _pack_weight(w, G, H, K):
