@@ -1,4 +1,6 @@
 """The cell test suite, shared by test_rnn_cell.py, test_lstm_cell.py and test_gru_cell.py."""
+import gc
+
 import pytest
 import torch
 
@@ -358,3 +360,8 @@ def check_packed_weights_follow_changes(kind, monkeypatch):
     for _ in range(3):
         _check_no_grad(kind, t)
     assert seen == [False] * 3
+    ident = id(t["w_hh"])
+    assert ident in _cell._STEP_WEIGHTS
+    del t, changes
+    gc.collect()
+    assert ident not in _cell._STEP_WEIGHTS  # the cache never keeps a weight alive

@@ -3,6 +3,7 @@ and errors that say why a backend is unavailable."""
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -123,6 +124,19 @@ def test_large_cpu_buffers_ask_for_huge_pages(monkeypatch):
     assert big.sum().item() == 2.0 * big.numel()
     # no whole 2 MB page inside, or a null range: nothing is advised, and nothing fails
     assert real(big.data_ptr(), 4096) is False and real(0, 0) is False
+
+
+def test_scratch_is_one_reused_buffer_per_thread_up_to_a_bound(monkeypatch):
+    a = _backend.scratch(1000)
+    assert _backend.scratch(500).data_ptr() == a.data_ptr() and a.dtype == torch.float32 and a.numel() == 1000
+    other = []
+    t = threading.Thread(target=lambda: other.append(_backend.scratch(1000).data_ptr()))
+    t.start()
+    t.join()
+    assert other[0] != a.data_ptr()
+    monkeypatch.setattr(_backend, "SCRATCH_MAX_BYTES", 4096)
+    big = _backend.scratch(2000)
+    assert _backend.scratch(2000).data_ptr() != big.data_ptr()  # above the bound: a fresh buffer each time
 
 
 _THREADS_SCRIPT = """
