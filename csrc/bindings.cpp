@@ -325,6 +325,7 @@ PYBIND11_MODULE(_C, m) {
   // The x86 level the hand-written CPU kernels run at (crossfuse/cpu_isa.h): 4 AVX-512, 3 AVX2 + FMA, 0 baseline.
   cpu.def("isa", [] { return cpu_isa(); });
   cpu.def("isa_detected", [] { return cpu_isa_detected(); });
+  cpu.def("is_intel", [] { return cpu_is_intel(); });
   cpu.def("set_isa_cap", [](int cap) { return set_cpu_isa_cap(cap); }, py::arg("cap"));
   // fp32 C = alpha A B + beta C (+ bias per column) (crossfuse/gemm_cpu.h): sizes, then each operand's pointer and
   // strides in elements, the bias pointer (0 = none).

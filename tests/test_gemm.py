@@ -8,6 +8,14 @@ from crossfuse.ops import _gemm
 from harness import assert_within_rule, cpu_isa, isa_cases
 
 ext = _backend.ext
+
+
+@pytest.fixture(autouse=True)
+def own_gemm(monkeypatch):
+    """These tests are about crossfuse's GEMM: it runs even where the products go to torch.mm by default."""
+    monkeypatch.setattr(_gemm, "OWN", True)
+
+
 # (M, K, N): empty, single, odd and prime sizes, and ones past a cache block in each dimension (KC 256,
 # MC 96, NC 2048) with edge tiles (MR 6, NR 16).
 SHAPES = [(0, 5, 7), (16, 0, 7), (16, 7, 0), (1, 1, 1), (16, 1, 1), (17, 63, 113), (23, 257, 37), (97, 300, 50),
@@ -92,6 +100,28 @@ def test_outside_its_cover_torch_computes_it():
     a, b = torch.randn(5, 7), torch.randn(7, 3)
     _gemm.mm(a, b, out=out)
     torch.testing.assert_close(out, a @ b)
+
+
+@pytest.mark.parametrize("choice", ["own", "torch", "auto"])
+def test_the_choice_between_crossfuse_and_torch(choice, monkeypatch):
+    """CROSSFUSE_CPU_GEMM picks; by default crossfuse's GEMM except on an Intel CPU with AVX-512, where MKL won on
+    every shape measured. Either way mm and linear give the product."""
+    monkeypatch.setenv("CROSSFUSE_CPU_GEMM", choice)
+    intel512 = ext.cpu.is_intel() and ext.cpu.isa_detected() >= 4
+    own = {"own": True, "torch": False}.get(choice, not intel512)
+    assert _gemm._own_gemm() is own
+    monkeypatch.setattr(_gemm, "OWN", own)
+    calls = []
+    real = ext.cpu.sgemm
+    monkeypatch.setattr(ext.cpu, "sgemm", lambda *a: calls.append(a[0]) or real(*a))
+    a, b = torch.randn(30, 70), torch.randn(70, 40)
+    ref, low = _expected(a, b, None, 0.0)
+    assert_within_rule("mm", _gemm.mm(a, b), low, ref, torch.float32)
+    w = torch.randn(40, 70, requires_grad=True)
+    y = _gemm.linear(a, w)
+    y.sum().backward()
+    assert_within_rule("linear", y, a @ w.t(), a.double() @ w.double().t(), torch.float32)
+    assert (len(calls) > 0) is own
 
 
 def test_bad_sizes_are_refused():

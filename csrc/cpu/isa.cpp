@@ -16,6 +16,15 @@ int cpu_isa_detected() {
 #endif
 }
 
+bool cpu_is_intel() {
+#if CF_X86_CLONES
+  static const bool intel = __builtin_cpu_is("intel");
+  return intel;
+#else
+  return false;
+#endif
+}
+
 namespace {
 // A level the kernels have (0, 3, 4), at most `cap` and at most the CPU's.
 int capped(int cap) {

@@ -36,15 +36,17 @@ except ImportError as e:  # pragma: no cover - exercised only on broken installs
 FILL_NAN = False
 
 
-# CPU buffers from this size up ask for huge pages (ext.cpu.advise_huge_pages). The first touch of fresh memory is
-# where they count, and on the dev VM it varied by day: 24 MB took 10.6 ms in 4 KB pages and 2.6 ms in 2 MB ones in
-# one session, 10-13 ms and 20-26 ms in another; loops that reuse their buffers see neither.
-HUGE_PAGES_MIN_BYTES = 4 << 20
+# With CROSSFUSE_CPU_HUGE_PAGES=1, CPU buffers from this size up ask for transparent huge pages
+# (ext.cpu.advise_huge_pages). Off by default: where the kernel's THP defrag setting is "madvise" (the dev VM's), a
+# fault in an advised range waits for the kernel to compact memory into a 2 MB page. On the dev VM that has ranged
+# from a quarter of the 4 KB pages' cost (24 MB: 2.6 ms against 10.6) to twice it, and once to 3x: Mutan's B=256
+# weight gradients (2 x 154 MB) took 185 and 334 ms advised against 93 ms each not.
+HUGE_PAGES_MIN_BYTES = 4 << 20 if os.environ.get("CROSSFUSE_CPU_HUGE_PAGES") == "1" else None
 
 
 def empty(shape, *, dtype, device) -> torch.Tensor:
     t = torch.empty(shape, dtype=dtype, device=device)
-    if t.nbytes >= HUGE_PAGES_MIN_BYTES and t.is_cpu and ext is not None:  # the size first: small calls stay cheap
+    if HUGE_PAGES_MIN_BYTES is not None and t.nbytes >= HUGE_PAGES_MIN_BYTES and t.is_cpu and ext is not None:
         ext.cpu.advise_huge_pages(t.data_ptr(), t.nbytes)
     return t.fill_(float("nan")) if FILL_NAN else t
 

@@ -11,5 +11,7 @@ inline int cpu_isa() { return g_cpu_isa; }
 int cpu_isa_detected();
 // Caps the level (0, 3 or 4; never above what the CPU has); returns the level now in force.
 int set_cpu_isa_cap(int cap);
+// An Intel CPU (where torch's MKL GEMM beat crossfuse's with AVX-512; see crossfuse.ops._gemm).
+bool cpu_is_intel();
 
 }  // namespace crossfuse

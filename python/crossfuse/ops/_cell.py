@@ -248,10 +248,6 @@ _STEP_WEIGHTS: dict[int, list] = {}
 _PACK_WEIGHTS = os.environ.get("CROSSFUSE_CPU_PACK_WEIGHTS", "1") != "0"
 
 
-def _same(ref, t):
-    return t is None if ref is None else ref() is t
-
-
 def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
     """(H, pointers to w_ih, w_hh, b_ih, b_hh and the packed w_ih, w_hh (0 for none), the packed copies or None)
     if the single-call step takes these weights for input size I, else None. The caller holds the result until its
@@ -262,7 +258,9 @@ def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
     except (AttributeError, RuntimeError):  # not tensors, or inference tensors (no version counter): not cached
         return _check_step_weights(kind, w_ih, w_hh, b_ih, b_hh, I)
     e = _STEP_WEIGHTS.get(id(w_hh))  # an entry here is w_hh's: its finalizer drops it
-    if e is not None and e[0] == key and e[1]() is w_ih and _same(e[2], b_ih) and _same(e[3], b_hh):
+    # (a bias that is None now and in the key has pointer 0 in both: a ref to dereference only for a tensor)
+    if (e is not None and e[0] == key and e[1]() is w_ih and (b_ih is None or e[2]() is b_ih)
+            and (b_hh is None or e[3]() is b_hh)):
         w = e[4]
         if w is not None and e[5] is None and _PACK_WEIGHTS and kind == "lstm" and I:
             H = w[0]  # seen twice unchanged: worth a copy
