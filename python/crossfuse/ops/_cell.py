@@ -392,7 +392,9 @@ def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend, module=None):
     chosen = None
     # The single-call CPU step, tried before any other check: at small sizes every microsecond of Python shows.
     if not compiling and type(input) is torch.Tensor and input.is_cpu and input.ndim == 2:
-        chosen = _backend.choose(op, _CPU, backend)
+        # choose()'s cached answer, read here: a call less per step
+        chosen = _backend._reasons.get((op, "cpu", _backend._local.backend if backend is None else backend)) \
+            or _backend.choose(op, _CPU, backend)
         if chosen == "cpu":
             try:
                 out = None if torch.is_grad_enabled() and _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh) \
