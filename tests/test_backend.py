@@ -19,9 +19,12 @@ def test_default_choice_per_device():
 
 
 def test_override_per_call_and_context_manager(monkeypatch):
-    calls = []
-    real = _backend.choose
-    monkeypatch.setattr(_backend, "choose", lambda *a: calls.append(real(*a)) or calls[-1])
+    from crossfuse.ops import _cell
+    calls = []  # the backend whose kernel ran
+    step, run, ref = _backend.ext.cpu.cell_step, _cell.run_kernel, _cell._reference
+    monkeypatch.setattr(_backend.ext.cpu, "cell_step", lambda *a: calls.append("cpu") or step(*a))
+    monkeypatch.setattr(_cell, "run_kernel", lambda kind, backend, *a: calls.append(backend) or run(kind, backend, *a))
+    monkeypatch.setattr(_cell, "_reference", lambda *a: calls.append("reference") or ref(*a))
     cell = crossfuse.nn.LSTMCell(4, 5)
     x = torch.randn(2, 4)
     with torch.no_grad():
