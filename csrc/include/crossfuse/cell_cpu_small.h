@@ -320,8 +320,7 @@ __attribute__((target("arch=x86-64-v4"))) void packed_lstm_v4(const float* P, co
 
 // Rows [0, B) in groups of up to 8 (16 accumulators).
 inline void packed_lstm_rows_v4(const float* P, const float* h, int64_t sh, int64_t B, int64_t k0, int64_t k1,
-                                float* out) {
-  const bool first = k0 == 0;
+                                float* out, bool first) {
   for (int64_t b = 0; b < B; b += 8) {
     const float* hb = h + b * sh;
     float* ob = out + b * 8;
@@ -343,7 +342,8 @@ inline void packed_lstm_rows_v4(const float* P, const float* h, int64_t sh, int6
 // weights stay in L1 while the rows pass over them: LSTM rows in threes by hand (above), then in pairs (2 x G
 // accumulators and the broadcasts fit the registers), a last single row.
 template <int G>
-CF_AI void packed_gates(const float* P, const float* h, int64_t sh, int64_t B, int64_t K, float* out) {
+CF_AI void packed_gates(const float* P, const float* h, int64_t sh, int64_t B, int64_t K, float* out,
+                        bool accumulate = false) {
   // One pass of rows (B <= 8 with AVX-512) needs no chunks: the accumulators stay in registers over all of K.
   const int64_t KC = G == 4 && B <= 8 && cpu_isa() >= 4 ? K : 64;
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
@@ -351,20 +351,20 @@ CF_AI void packed_gates(const float* P, const float* h, int64_t sh, int64_t B, i
     int64_t b = 0;
 #if CF_X86_CLONES
     if (G == 4 && has_v4()) {
-      packed_lstm_rows_v4(P, h, sh, B, k0, k1, out);
+      packed_lstm_rows_v4(P, h, sh, B, k0, k1, out, k0 == 0 && !accumulate);
       continue;
     }
     if (G == 4 && has_v3()) {
-      if (k0 == 0)
+      if (k0 == 0 && !accumulate)
         for (int64_t r = 0; r < B - B % 3; ++r)
           for (int g = 0; g < G; ++g) store8(out + g * kSmallMaxBatch * 8 + r * 8, v8f{});
       for (; b + 3 <= B; b += 3) packed_lstm_rows3(P + k0 * G * 8, h + b * sh + k0, sh, k1 - k0, out + b * 8);
     }
 #endif
     if constexpr (G == 3)  // 9 accumulators: the compiler keeps them in registers
-      for (; b + 3 <= B; b += 3) packed_tile<G, 3>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0);
-    for (; b + 2 <= B; b += 2) packed_tile<G, 2>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0);
-    if (b < B) packed_tile<G, 1>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0);
+      for (; b + 3 <= B; b += 3) packed_tile<G, 3>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0 && !accumulate);
+    for (; b + 2 <= B; b += 2) packed_tile<G, 2>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0 && !accumulate);
+    if (b < B) packed_tile<G, 1>(P, h + b * sh, sh, k0, k1, out + b * 8, k0 == 0 && !accumulate);
   }
 }
 #undef CF_AI
@@ -399,7 +399,7 @@ CF_CPU_CLONES inline void lstm_block(const SmallCellArgs& a, int64_t u0, int64_t
     else
       for (int u = 0; u < U; ++u) c[b][u] = 0.f;
     for (int k = 0; k < 4; ++k)
-      for (int u = 0; u < U; ++u) g[k][b][u] += gh[k][b][u] + bias[k][u];
+      for (int u = 0; u < U; ++u) g[k][b][u] += (gh ? gh[k][b][u] : 0.f) + bias[k][u];
   }
   float *i = &g[0][0][0], *f = &g[1][0][0], *gg = &g[2][0][0], *o = &g[3][0][0];
   float *cp = &c[0][0], *cn = &c2[0][0], *hn = &h2[0][0];
@@ -459,7 +459,8 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
           small::packed_gates<G>(a.w_packed + (u0 / U) * H * G * U, hx, a.sh, B, H, &gh[0][0][0]);
         } else if (packed_x) {
           small::packed_gates<G>(a.w_ih_packed + (u0 / U) * I * G * U, a.x + r0 * a.sx, a.sx, B, I, &gi[0][0][0]);
-          if (hx) small::packed_gates<G>(a.w_packed + (u0 / U) * H * G * U, hx, a.sh, B, H, &gh[0][0][0]);
+          if (hx)  // into the same accumulators: the gates' sum, with no gh to store and add
+            small::packed_gates<G>(a.w_packed + (u0 / U) * H * G * U, hx, a.sh, B, H, &gi[0][0][0], true);
         }
       }
       for (int k = 0; k < G; ++k) {
@@ -484,7 +485,7 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
         float sum_b[G][U];
         for (int k = 0; k < G; ++k)
           for (int u = 0; u < U; ++u) sum_b[k][u] = bi[k][u] + bh[k][u];
-        lstm_block(a, u0, r0, B, gi, gh, sum_b);
+        lstm_block(a, u0, r0, B, gi, packed_x ? nullptr : gh, sum_b);
         continue;
       }
       for (int64_t b = 0; b < B; ++b) {
@@ -493,7 +494,7 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
           hprev[u] = a.hx && u < n ? a.hx[rb * a.sh + u0 + u] : 0.f;
           cprev[u] = a.cx && u < n ? a.cx[rb * a.sc + u0 + u] : 0.f;
           for (int k = 0; k < G; ++k) {
-            if (!a.hx || u >= n) gh[k][b][u] = 0.f;
+            if (!a.hx || u >= n || packed_x) gh[k][b][u] = 0.f;
             if (u >= n) gi[k][b][u] = 0.f;
           }
         }
