@@ -173,14 +173,16 @@ PYBIND11_MODULE(_C, m) {
     cell_step_cpu(a);
   });
   // A cell weight (G*H, K), row-major, repacked by blocks of cell_pack_units hidden units for cell_step
-  // (w_ih_packed / w_hh_packed): out holds ceil(H / units) * K * G * units floats.
-  cpu.def("pack_cell_weight", [](int64_t G, int64_t H, int64_t K, uintptr_t w, uintptr_t out) {
-    if (G < 1 || H < 0 || K < 0) throw std::invalid_argument("pack_cell_weight: wrong sizes");
-    if (G * H * K > 0 && (!w || !out)) throw std::invalid_argument("pack_cell_weight: missing pointer");
+  // (w_ih_packed / w_hh_packed) of a `kind`: out holds ceil(H / units) * K * cell_packed_gates(kind) * units floats.
+  cpu.def("pack_cell_weight", [](int kind, int64_t H, int64_t K, uintptr_t w, uintptr_t out) {
+    if (kind != kLstm && kind != kGru) throw std::invalid_argument("pack_cell_weight: kind must be LSTM or GRU");
+    if (H < 0 || K < 0) throw std::invalid_argument("pack_cell_weight: negative size");
+    if (H * K > 0 && (!w || !out)) throw std::invalid_argument("pack_cell_weight: missing pointer");
     py::gil_scoped_release nogil;
-    pack_units_cpu(reinterpret_cast<const float*>(w), G, H, K, 0, (H + kSmallUnits - 1) / kSmallUnits,
-                   reinterpret_cast<float*>(out));
+    pack_units_cpu(reinterpret_cast<const float*>(w), kind == kLstm ? 4 : 3, H, K, 0,
+                   (H + kSmallUnits - 1) / kSmallUnits, reinterpret_cast<float*>(out), step_packed_gates(kind));
   });
+  cpu.def("cell_packed_gates", [](int kind) { return step_packed_gates(kind); });
   cpu.attr("cell_pack_units") = kSmallUnits;
   // The cuda backend's single-launch cell step run on host threads (a test double: `nthreads` threads per block).
   cpu.def("cell_step_emulate", [](int kind, int dtype, int64_t B, int64_t I, int64_t H, const std::vector<uintptr_t>& p,

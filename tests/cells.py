@@ -306,15 +306,15 @@ def _check_no_grad(kind, t):
 
 
 def check_packed_step(kind, B, I, H, variant, monkeypatch):
-    """LSTM: the first call with a set of weights runs on them as they are, the second repacks them and runs on
-    the copies, as does the third; the other kinds never repack. Outputs (no grad) and then every
+    """LSTM and GRU: the first call with a set of weights runs on them as they are, the second repacks them and
+    runs on the copies, as does the third; the plain RNN cells never repack. Outputs (no grad) and then every
     gradient (autograd, the same leaves twice: the forward keeps its workspace) match the float64 reference."""
     seen = _record_packed(monkeypatch)
     t = make_inputs(kind, B, I, H, variant, torch.float32, "cpu")
     for _ in range(3):
         _check_no_grad(kind, t)
-    lstm = kind == "lstm"
-    assert seen == ([] if variant == "strided" else [False, lstm, lstm])
+    gated = kind in ("lstm", "gru")
+    assert seen == ([] if variant == "strided" else [False, gated, gated])
     t64 = {k: None if v is None else v.detach().double() for k, v in t.items()}
     cot = [torch.randn(B, H, dtype=torch.float64) for _ in range(2 if kind == "lstm" else 1)]
     ref_out, ref_g = grads(kind, reference, t64, cot)
@@ -336,7 +336,7 @@ def check_packed_weights_follow_changes(kind, monkeypatch):
     tensors (a weight made anew each call may get the last one's memory), and not made when turned off."""
     from crossfuse.ops import _cell
     seen = _record_packed(monkeypatch)
-    lstm = kind == "lstm"
+    gated = kind in ("lstm", "gru")
     t = make_inputs(kind, 5, 12, 19, "plain", torch.float32, "cpu")
     changes = [(lambda: t["w_hh"].mul_(0.5), False), (lambda: t["w_ih"].add_(0.01), False),
                (lambda: setattr(t["w_ih"], "data", t["w_ih"].data * 2), False),
@@ -347,7 +347,7 @@ def check_packed_weights_follow_changes(kind, monkeypatch):
         change()
         seen.clear()
         _check_no_grad(kind, t)
-        assert seen == [lstm and keeps]
+        assert seen == [gated and keeps]
     w_ih = t["w_ih"]
     seen.clear()
     for _ in range(4):

@@ -371,19 +371,26 @@ CF_AI void packed_gates(const float* P, const float* h, int64_t sh, int64_t B, i
 }  // namespace small
 
 // A weight (G*H, K) row-major (w_hh: K = H; w_ih: K = input size) into P[block][k][g][u] for the unit blocks
-// [blk0, blk1) (units past H get zero weights): the layout small::packed_gates streams.
-inline void pack_units_cpu(const float* w, int64_t G, int64_t H, int64_t K, int64_t blk0, int64_t blk1, float* P) {
+// [blk0, blk1), with GP >= G gates per k (those past G, and units past H, get zero weights): the layout
+// small::packed_gates<GP> streams.
+inline void pack_units_cpu(const float* w, int64_t G, int64_t H, int64_t K, int64_t blk0, int64_t blk1, float* P,
+                           int64_t GP = 0) {
   constexpr int U = kSmallUnits;
+  GP = GP > G ? GP : G;
   for (int64_t blk = blk0; blk < blk1; ++blk) {
-    float* dst = P + blk * K * G * U;
-    for (int64_t g = 0; g < G; ++g)
+    float* dst = P + blk * K * GP * U;
+    for (int64_t g = 0; g < GP; ++g)
       for (int u = 0; u < U; ++u) {
         const int64_t j = blk * U + u;
-        const float* row = j < H ? w + (g * H + j) * K : nullptr;
-        for (int64_t k = 0; k < K; ++k) dst[(k * G + g) * U + u] = row ? row[k] : 0.f;
+        const float* row = j < H && g < G ? w + (g * H + j) * K : nullptr;
+        for (int64_t k = 0; k < K; ++k) dst[(k * GP + g) * U + u] = row ? row[k] : 0.f;
       }
   }
 }
+
+// Gates per k in a single step's packed copies (w_ih_packed, w_hh_packed): GRU's 3 padded to 4, so that its
+// rows of 32 weights run on the LSTM kernels' whole 512-bit vectors (the fourth gate's products are wasted).
+constexpr int64_t step_packed_gates(int kind) { return kind == kLstm || kind == kGru ? 4 : 1; }
 
 // The LSTM gate math of a whole block (B rows x U units, every row active, a previous state) as one flat loop
 // over its B * U lanes: the vectorised activations of several rows overlap, where a loop per row of U lanes
@@ -426,11 +433,12 @@ CF_CPU_CLONES inline void lstm_block(const SmallCellArgs& a, int64_t u0, int64_t
 template <int KIND>
 CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t j1) {
   constexpr int G = KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1);
+  constexpr int GP = int(step_packed_gates(KIND));  // the single step's packed copies' gates (GRU's padded)
   constexpr int U = kSmallUnits;
   const int64_t H = a.H, I = a.I;
   // 32-byte aligned, so that the gate math's vector loads can forward from whole-vector stores
-  alignas(32) float gi[G][kSmallMaxBatch][U];
-  alignas(32) float gh[G][kSmallMaxBatch][U];
+  alignas(32) float gi[GP > G ? GP : G][kSmallMaxBatch][U];
+  alignas(32) float gh[GP > G ? GP : G][kSmallMaxBatch][U];
   float bi[G][U], bh[G][U], hprev[U], cprev[U], h2[U], c2[U];
   for (int64_t u0 = j0; u0 < j1; u0 += U) {
     const int64_t n = std::min<int64_t>(U, j1 - u0);
@@ -438,7 +446,10 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
       const int64_t B = std::min<int64_t>(kSmallMaxBatch, a.B - r0);
       const float* hx = a.hx ? a.hx + r0 * a.sh : nullptr;
       const bool packed = G > 1 && hx && a.w_packed && a.gi_pre;
-      const bool packed_x = KIND == kLstm && a.w_ih_packed && !a.gi_pre && I > 0 && (!hx || a.w_packed);
+      // (GRU's padded copies at the AVX2 level only up to one pass of rows: at B=64 H=1024 they ran 7% slower)
+      const bool packed_x = (KIND == kLstm || (KIND == kGru && (cpu_isa() >= 4 || a.B <= kSmallMaxBatch))) &&
+                            a.w_ih_packed && !a.gi_pre && I > 0 && (!hx || a.w_packed);
+      const bool merged = packed_x && KIND == kLstm;  // LSTM sums its two GEMVs: one set of accumulators
       auto load_gi = [&](int k, const float* ahead) {
         const int64_t row = k * H + u0;
         for (int64_t b = 0; b < B; ++b) {
@@ -458,9 +469,10 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
           for (int k = 0; k < G; ++k) load_gi(k, ahead);
           small::packed_gates<G>(a.w_packed + (u0 / U) * H * G * U, hx, a.sh, B, H, &gh[0][0][0]);
         } else if (packed_x) {
-          small::packed_gates<G>(a.w_ih_packed + (u0 / U) * I * G * U, a.x + r0 * a.sx, a.sx, B, I, &gi[0][0][0]);
-          if (hx)  // into the same accumulators: the gates' sum, with no gh to store and add
-            small::packed_gates<G>(a.w_packed + (u0 / U) * H * G * U, hx, a.sh, B, H, &gi[0][0][0], true);
+          small::packed_gates<GP>(a.w_ih_packed + (u0 / U) * I * GP * U, a.x + r0 * a.sx, a.sx, B, I, &gi[0][0][0]);
+          if (hx)  // LSTM: into the same accumulators, with no gh to store and add
+            small::packed_gates<GP>(a.w_packed + (u0 / U) * H * GP * U, hx, a.sh, B, H,
+                                    merged ? &gi[0][0][0] : &gh[0][0][0], merged);
         }
       }
       for (int k = 0; k < G; ++k) {
@@ -485,7 +497,7 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
         float sum_b[G][U];
         for (int k = 0; k < G; ++k)
           for (int u = 0; u < U; ++u) sum_b[k][u] = bi[k][u] + bh[k][u];
-        lstm_block(a, u0, r0, B, gi, packed_x ? nullptr : gh, sum_b);
+        lstm_block(a, u0, r0, B, gi, merged ? nullptr : gh, sum_b);
         continue;
       }
       for (int64_t b = 0; b < B; ++b) {
@@ -494,7 +506,7 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
           hprev[u] = a.hx && u < n ? a.hx[rb * a.sh + u0 + u] : 0.f;
           cprev[u] = a.cx && u < n ? a.cx[rb * a.sc + u0 + u] : 0.f;
           for (int k = 0; k < G; ++k) {
-            if (!a.hx || u >= n || packed_x) gh[k][b][u] = 0.f;
+            if (!a.hx || u >= n || merged) gh[k][b][u] = 0.f;
             if (u >= n) gi[k][b][u] = 0.f;
           }
         }

@@ -238,13 +238,15 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
 # weakrefs, not ids, tell a tensor made anew each call (whose memory and id may be the last one's) from the same
 # tensor.
 _STEP_WEIGHTS: dict[int, list] = {}
-# LSTM weights repacked by blocks of hidden units (P[block][k][gate][unit], as the sequence's recurrence streams
-# them): every multiply-add then takes a whole vector of units, where the row-major weights need a horizontal sum
-# per unit. On the 2-core Xeon dev VM (AVX-512), forward steps: B=8 H=256 43 us against 77, B=64 H=1024 4.2 ms
-# against 5.7; at the AVX2 level 72 us against 109, 8.2 ms against 9.8. Not GRU's: its 3 gates x 8 units do not
-# fill 512-bit vectors, and at B=64 H=1024 the copies ran slower (5.8 ms against 4.3). Made on the second call
-# that sees the same weights, so a loop that updates them every call never pays for a copy it does not reuse.
-# The copies cost as much memory as the weights; CROSSFUSE_CPU_PACK_WEIGHTS=0 turns them off.
+# LSTM and GRU weights repacked by blocks of hidden units (P[block][k][gate][unit], as the sequence's recurrence
+# streams them): every multiply-add then takes a whole vector of units, where the row-major weights need a
+# horizontal sum per unit. GRU's 3 gates are padded to 4 (ext.cpu.cell_packed_gates), so its rows of 32 weights run
+# on the same 512-bit kernels; with 3 gates of 8 units they ran slower than the row-major weights at B=64 H=1024
+# (5.8 ms against 4.3). On the 2-core Xeon dev VM (AVX-512), forward steps: LSTM B=8 H=256 43 us against 77,
+# B=64 H=1024 4.2 ms against 5.7 (at the AVX2 level 72 us against 109, 8.2 ms against 9.8); GRU B=8 H=256 67-71 us
+# against 101, B=64 H=1024 4.2 ms against 4.3. Made on the second call that sees the same weights, so a loop that
+# updates them every call never pays for a copy it does not reuse. The copies cost as much memory as the weights
+# (GRU's a third more); CROSSFUSE_CPU_PACK_WEIGHTS=0 turns them off.
 _PACK_WEIGHTS = os.environ.get("CROSSFUSE_CPU_PACK_WEIGHTS", "1") != "0"
 
 
@@ -262,9 +264,9 @@ def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
     if (e is not None and e[0] == key and e[1]() is w_ih and (b_ih is None or e[2]() is b_ih)
             and (b_hh is None or e[3]() is b_hh)):
         w = e[4]
-        if w is not None and e[5] is None and _PACK_WEIGHTS and kind == "lstm" and I:
+        if w is not None and e[5] is None and _PACK_WEIGHTS and kind in ("lstm", "gru") and I:
             H = w[0]  # seen twice unchanged: worth a copy
-            packed = (_pack_weight(w_ih, GATES[kind], H, I), _pack_weight(w_hh, GATES[kind], H, H))
+            packed = (_pack_weight(w_ih, kind, H, I), _pack_weight(w_hh, kind, H, H))
             if e[5] is None:  # the packing let other threads run: the first copy made is the one kept
                 e[5] = packed
                 e[4] = (H, (*w[1][:4], packed[0].data_ptr(), packed[1].data_ptr()), packed)
@@ -291,10 +293,11 @@ def _check_step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
     return H, (w_ih.data_ptr(), w_hh.data_ptr(), ptr(b_ih), ptr(b_hh), 0, 0), None  # no packed copies (yet)
 
 
-def _pack_weight(w, G, H, K):
-    units = _backend.ext.cpu.cell_pack_units
-    out = torch.empty(((H + units - 1) // units) * K * G * units, dtype=_F32)
-    _backend.ext.cpu.pack_cell_weight(G, H, K, w.data_ptr(), out.data_ptr())
+def _pack_weight(w, kind, H, K):
+    cpu = _backend.ext.cpu
+    units = cpu.cell_pack_units
+    out = torch.empty(((H + units - 1) // units) * K * cpu.cell_packed_gates(KINDS[kind]) * units, dtype=_F32)
+    cpu.pack_cell_weight(KINDS[kind], H, K, w.data_ptr(), out.data_ptr())
     return out
 
 
