@@ -243,8 +243,9 @@ _STEP_WEIGHTS: dict[int, list] = {}
 # horizontal sum per unit. GRU's 3 gates are padded to 4 (ext.cpu.cell_packed_gates), so its rows of 32 weights run
 # on the same 512-bit kernels; with 3 gates of 8 units they ran slower than the row-major weights at B=64 H=1024
 # (5.8 ms against 4.3). On the 2-core Xeon dev VM (AVX-512), forward steps: LSTM B=8 H=256 43 us against 77,
-# B=64 H=1024 4.2 ms against 5.7 (at the AVX2 level 72 us against 109, 8.2 ms against 9.8); GRU B=8 H=256 67-71 us
-# against 101, B=64 H=1024 4.2 ms against 4.3. Made on the second call that sees the same weights, so a loop that
+# B=64 H=1024 4.2 ms against 5.7 (at the AVX2 level 72 us against 109, 8.2 ms against 9.8); GRU B=8 H=256 42-43 us
+# against 58, B=64 H=1024 4.1 ms against 4.2 (the C++ step skips GRU's copies past 16 rows at the AVX2 level, where
+# they ran 7% slower). Made on the second call that sees the same weights, so a loop that
 # updates them every call never pays for a copy it does not reuse. The copies cost as much memory as the weights
 # (GRU's a third more); CROSSFUSE_CPU_PACK_WEIGHTS=0 turns them off.
 _PACK_WEIGHTS = os.environ.get("CROSSFUSE_CPU_PACK_WEIGHTS", "1") != "0"
