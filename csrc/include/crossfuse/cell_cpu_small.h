@@ -32,6 +32,7 @@ struct SmallCellArgs {
   // gi_pre) takes it only with w_ih_packed, w_ih packed the same way (the cpu backend caches both per weight).
   const float* w_packed = nullptr;
   const float* w_ih_packed = nullptr;
+  bool w_packed_padded = false;  // sequence use, GRU: w_packed has step_packed_gates(kGru) gates per k
   int threads = 0;  // the single-call step's parallel region: see cpu_threads (crossfuse/common.h)
 };
 
@@ -467,7 +468,10 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
           // for the block that comes next (this step's, or the next step's first).
           const float* ahead = u0 + U < j1 ? a.gi_pre + u0 + U : (a.gi_next ? a.gi_next + j0 : nullptr);
           for (int k = 0; k < G; ++k) load_gi(k, ahead);
-          small::packed_gates<G>(a.w_packed + (u0 / U) * H * G * U, hx, a.sh, B, H, &gh[0][0][0]);
+          if (GP > G && a.w_packed_padded)
+            small::packed_gates<GP>(a.w_packed + (u0 / U) * H * GP * U, hx, a.sh, B, H, &gh[0][0][0]);
+          else
+            small::packed_gates<G>(a.w_packed + (u0 / U) * H * G * U, hx, a.sh, B, H, &gh[0][0][0]);
         } else if (packed_x) {
           small::packed_gates<GP>(a.w_ih_packed + (u0 / U) * I * GP * U, a.x + r0 * a.sx, a.sx, B, I, &gi[0][0][0]);
           if (hx)  // LSTM: into the same accumulators, with no gh to store and add
