@@ -447,9 +447,10 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
       const int64_t B = std::min<int64_t>(kSmallMaxBatch, a.B - r0);
       const float* hx = a.hx ? a.hx + r0 * a.sh : nullptr;
       const bool packed = G > 1 && hx && a.w_packed && a.gi_pre;
-      // (GRU's padded copies at the AVX2 level only up to one pass of rows: at B=64 H=1024 they ran 7% slower)
-      const bool packed_x = (KIND == kLstm || (KIND == kGru && (cpu_isa() >= 4 || a.B <= kSmallMaxBatch))) &&
-                            a.w_ih_packed && !a.gi_pre && I > 0 && (!hx || a.w_packed);
+      // (GRU's padded copies only up to one pass of rows: at B=64 H=1024 they ran 7% slower at the AVX2 level,
+      // and with AVX-512 15-20% slower once other work had taken the weights out of cache)
+      const bool packed_x = (KIND == kLstm || (KIND == kGru && a.B <= kSmallMaxBatch)) && a.w_ih_packed &&
+                            !a.gi_pre && I > 0 && (!hx || a.w_packed);
       const bool merged = packed_x && KIND == kLstm;  // LSTM sums its two GEMVs: one set of accumulators
       auto load_gi = [&](int k, const float* ahead) {
         const int64_t row = k * H + u0;

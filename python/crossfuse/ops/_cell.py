@@ -209,7 +209,7 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
     sx = x.stride()
     if B > _STEP_MAX_BATCH or sx[1] != 1:
         return None
-    w = _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I)
+    w = _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I, B)
     if w is None:
         return None
     H = w[0]
@@ -244,16 +244,17 @@ _STEP_WEIGHTS: dict[int, list] = {}
 # on the same 512-bit kernels; with 3 gates of 8 units they ran slower than the row-major weights at B=64 H=1024
 # (5.8 ms against 4.3). On the 2-core Xeon dev VM (AVX-512), forward steps: LSTM B=8 H=256 43 us against 77,
 # B=64 H=1024 4.2 ms against 5.7 (at the AVX2 level 72 us against 109, 8.2 ms against 9.8); GRU B=8 H=256 42-43 us
-# against 58, B=64 H=1024 4.1 ms against 4.2 (the C++ step skips GRU's copies past 16 rows at the AVX2 level, where
-# they ran 7% slower). Made on the second call that sees the same weights, so a loop that
-# updates them every call never pays for a copy it does not reuse. The copies cost as much memory as the weights
-# (GRU's a third more); CROSSFUSE_CPU_PACK_WEIGHTS=0 turns them off.
+# against 58. GRU's only up to 16 rows (the C++ step's rule too): at B=64 H=1024 they ran 7% slower at the AVX2
+# level, and 15-20% slower with AVX-512 once other work had taken them out of cache. Made on the second call that
+# sees the same weights, so a loop that updates them every call never pays for a copy it does not reuse. The
+# copies cost as much memory as the weights (GRU's a third more); CROSSFUSE_CPU_PACK_WEIGHTS=0 turns them off.
 _PACK_WEIGHTS = os.environ.get("CROSSFUSE_CPU_PACK_WEIGHTS", "1") != "0"
+_PACK_GRU_MAX_BATCH = 16
 
 
-def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
+def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I, B):
     """(H, pointers to w_ih, w_hh, b_ih, b_hh and the packed w_ih, w_hh (0 for none), the packed copies or None)
-    if the single-call step takes these weights for input size I, else None. The caller holds the result until its
+    if the single-call step takes these weights for input size I (batch B), else None. The caller holds the result until its
     call returns: another thread may drop the entry meanwhile, never the copies it points to."""
     try:
         key = (w_ih._version, w_hh._version, w_ih.data_ptr(), w_hh.data_ptr(), w_ih.shape, w_hh.shape, I,
@@ -265,7 +266,8 @@ def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
     if (e is not None and e[0] == key and e[1]() is w_ih and (b_ih is None or e[2]() is b_ih)
             and (b_hh is None or e[3]() is b_hh)):
         w = e[4]
-        if w is not None and e[5] is None and _PACK_WEIGHTS and kind in ("lstm", "gru") and I:
+        if (w is not None and e[5] is None and _PACK_WEIGHTS and I
+                and (kind == "lstm" or (kind == "gru" and B <= _PACK_GRU_MAX_BATCH))):
             H = w[0]  # seen twice unchanged: worth a copy
             packed = (_pack_weight(w_ih, kind, H, I), _pack_weight(w_hh, kind, H, H))
             if e[5] is None:  # the packing let other threads run: the first copy made is the one kept
