@@ -112,7 +112,9 @@ def cell_backward(kind, backend, dhy, dcy, x, hx, cx, w_ih, w_hh, hy, ws, need):
     if need[4]:
         dw_hh = mm(dgh.t(), hx) if hx is not None else torch.zeros_like(w_hh)
     db_ih = dgi.sum(0) if need[5] else None
-    db_hh = dgh.sum(0) if need[6] else None
+    db_hh = None
+    if need[6]:  # one sum where both biases see the same gates (all but GRU); each gradient its own tensor
+        db_hh = db_ih.clone() if db_ih is not None and dgh is dgi else dgh.sum(0)
     return dx, dhx, dcx, dw_ih, dw_hh, db_ih, db_hh
 
 

@@ -42,6 +42,8 @@ def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, *, bet
     M, K = a.shape
     N = b.shape[1]
     if out is None:
+        if not OWN or M < _MIN_ROWS:  # torch's product, without first allocating its output here
+            return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
         out = _backend.empty((M, N), dtype=a.dtype, device=a.device)
     ext = _backend.ext
     # Packing costs a pass over each operand: below about 16 rows of C (a GEMV) that is as much as the product.
