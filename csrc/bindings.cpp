@@ -184,6 +184,7 @@ PYBIND11_MODULE(_C, m) {
   });
   cpu.def("cell_packed_gates", [](int kind) { return step_packed_gates(kind); });
   cpu.attr("cell_pack_units") = kSmallUnits;
+  cpu.attr("cell_pass_rows") = kSmallMaxBatch;  // batch rows per pass over a block's weights (GRU's copies: up to it)
   // The cuda backend's single-launch cell step run on host threads (a test double: `nthreads` threads per block).
   cpu.def("cell_step_emulate", [](int kind, int dtype, int64_t B, int64_t I, int64_t H, const std::vector<uintptr_t>& p,
                                   const std::vector<int64_t>& strides, int nthreads) {

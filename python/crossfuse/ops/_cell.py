@@ -246,12 +246,13 @@ _STEP_WEIGHTS: dict[int, list] = {}
 # on the same 512-bit kernels; with 3 gates of 8 units they ran slower than the row-major weights at B=64 H=1024
 # (5.8 ms against 4.3). On the 2-core Xeon dev VM (AVX-512), forward steps: LSTM B=8 H=256 43 us against 77,
 # B=64 H=1024 4.2 ms against 5.7 (at the AVX2 level 72 us against 109, 8.2 ms against 9.8); GRU B=8 H=256 42-43 us
-# against 58. GRU's only up to 16 rows (the C++ step's rule too): at B=64 H=1024 they ran 7% slower at the AVX2
-# level, and 15-20% slower with AVX-512 once other work had taken them out of cache. Made on the second call that
-# sees the same weights, so a loop that updates them every call never pays for a copy it does not reuse. The
-# copies cost as much memory as the weights (GRU's a third more); CROSSFUSE_CPU_PACK_WEIGHTS=0 turns them off.
+# against 58. GRU's only up to one pass of rows (16, ext.cpu.cell_pass_rows; the C++ step's rule too): at B=64
+# H=1024 they ran 7% slower at the AVX2 level, and 15-20% slower with AVX-512 once other work had taken them out of
+# cache. Made on the second call that sees the same weights, so a loop that updates them every call never pays for
+# a copy it does not reuse. The copies cost as much memory as the weights (GRU's a third more);
+# CROSSFUSE_CPU_PACK_WEIGHTS=0 turns them off.
 _PACK_WEIGHTS = os.environ.get("CROSSFUSE_CPU_PACK_WEIGHTS", "1") != "0"
-_PACK_GRU_MAX_BATCH = 16
+_PACK_GRU_MAX_BATCH = _backend.ext.cpu.cell_pass_rows if _backend.ext is not None else 0
 
 
 def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I, B):
