@@ -278,6 +278,27 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     product_pool_grouped_cpu(g, backward);
   });
+  // Signed square root and L2 normalisation over groups of columns (crossfuse/fusions_cpu.h): sizes, eps, then
+  // pointers z and y forward; z, dy and dz backward (fp32, rows contiguous).
+  cpu.def("signed_sqrt_normalize", [](int64_t N, int64_t C, int64_t groups, float eps, uintptr_t z, uintptr_t y,
+                                      int nthreads) {
+    if (N < 0 || C < 0 || groups < 1 || C % groups) throw std::invalid_argument("signed_sqrt_normalize: bad sizes");
+    if (N * C == 0) return;
+    if (!z || !y) throw std::invalid_argument("signed_sqrt_normalize: missing pointer");
+    py::gil_scoped_release nogil;
+    signed_sqrt_normalize_cpu(reinterpret_cast<const float*>(z), reinterpret_cast<float*>(y), N, C, groups, eps,
+                              nthreads);
+  });
+  cpu.def("signed_sqrt_normalize_backward", [](int64_t N, int64_t C, int64_t groups, float eps, uintptr_t z,
+                                               uintptr_t dy, uintptr_t dz, int nthreads) {
+    if (N < 0 || C < 0 || groups < 1 || C % groups)
+      throw std::invalid_argument("signed_sqrt_normalize_backward: bad sizes");
+    if (N * C == 0) return;
+    if (!z || !dy || !dz) throw std::invalid_argument("signed_sqrt_normalize_backward: missing pointer");
+    py::gil_scoped_release nogil;
+    signed_sqrt_normalize_backward_cpu(reinterpret_cast<const float*>(z), reinterpret_cast<const float*>(dy),
+                                       reinterpret_cast<float*>(dz), N, C, groups, eps, nthreads);
+  });
   // The contrastive losses' passes over a chunk of raw scores (crossfuse/contrastive_cpu.h): the kind (SigLIP or
   // CLIP), sizes, scale, bias, then pointers s, la, lb and the outputs (0 = no column statistics).
   auto chunk_args = [](bool siglip, int64_t r, int64_t n, int64_t ld, float scale, float bias, uintptr_t s,
@@ -344,6 +365,19 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("M"), py::arg("N"), py::arg("K"), py::arg("alpha"), py::arg("A"), py::arg("rsa"), py::arg("csa"),
      py::arg("B"), py::arg("rsb"), py::arg("csb"), py::arg("beta"), py::arg("C"), py::arg("ldc"), py::arg("bias") = 0,
      py::arg("nthreads") = 0, py::arg("generic") = false);
+  // A BLAS sgemm_ (Fortran interface) to run the single-threaded products through (crossfuse/gemm_cpu.h); 0 clears.
+  cpu.def("set_blas_sgemm", [](uintptr_t f) { set_blas_sgemm(reinterpret_cast<BlasSgemm>(f)); }, py::arg("f"));
+  cpu.def("has_blas_sgemm", [] { return has_blas_sgemm(); });
+  // sgemm on the calling thread, through that BLAS where set (no bias): the arguments of sgemm above.
+  cpu.def("sgemm_one_thread", [](int64_t M, int64_t N, int64_t K, float alpha, uintptr_t A, int64_t rsa, int64_t csa,
+                                 uintptr_t B, int64_t rsb, int64_t csb, float beta, uintptr_t C, int64_t ldc) {
+    if (M < 0 || N < 0 || K < 0) throw std::invalid_argument("sgemm_one_thread: negative size");
+    if (M * N == 0) return;
+    if (!C || (K > 0 && (!A || !B))) throw std::invalid_argument("sgemm_one_thread: missing pointer");
+    py::gil_scoped_release nogil;
+    sgemm_one_thread(M, N, K, alpha, reinterpret_cast<const float*>(A), rsa, csa, reinterpret_cast<const float*>(B),
+                     rsb, csb, beta, reinterpret_cast<float*>(C), ldc);
+  });
   // Its backward: pointers as named in crossfuse/rnn_cpu.h SeqBwdArgs, all fp32 and contiguous, 0 = absent.
   cpu.def("rnn_sequence_backward", [](int kind, int64_t T, int64_t B, int64_t H, uintptr_t dout, uintptr_t dhT,
                                       uintptr_t dcT, uintptr_t hs, uintptr_t cs, uintptr_t ws, uintptr_t h0,

@@ -7,7 +7,8 @@ import torch
 
 import crossfuse
 from crossfuse import nn as cnn
-from crossfuse.ops.fusions import compact_bilinear_pooling, product_pool
+from crossfuse.ops import _gemm
+from crossfuse.ops.fusions import compact_bilinear_pooling, product_pool, signed_sqrt_normalize
 from crossfuse.reference import fusions as ref
 from harness import HAS_GPU, assert_within_rule, backend_cases, leaf_like
 
@@ -74,13 +75,20 @@ def test_product_pool_triton_gemm_strategy(backend, device, dtype, two, rank_maj
 
 @pytest.mark.parametrize("G,R,S,K0,K1,lead0,lead1", POOL_SHAPES)
 @pytest.mark.parametrize("two,rank_major,activation", POOL_KINDS)
-@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("grouped", ["groups-torch-blas", "groups-crossfuse-gemm", "loop"])
 def test_product_pool_cpu_strategies(grouped, two, rank_major, activation, G, R, S, K0, K1, lead0, lead1, monkeypatch):
     """The cpu backend's two ways, each forced whatever the thread count: whole groups per thread (one C++ call
-    with the GEMMs inside) and the group loop with each GEMM split over the threads."""
-    monkeypatch.setattr(crossfuse.ops.fusions, "_grouped", lambda G, threads: grouped)
-    test_product_pool_against_reference("cpu", "cpu", torch.float32, two, rank_major, activation, G, R, S, K0, K1,
-                                        lead0, lead1)
+    with the GEMMs inside, on torch's BLAS or on crossfuse's GEMM) and the group loop with each GEMM split over
+    the threads."""
+    monkeypatch.setattr(crossfuse.ops.fusions, "_grouped", lambda G, threads: grouped != "loop")
+    if grouped == "groups-torch-blas" and _gemm.torch_blas_sgemm() is None:
+        pytest.skip("this torch exports no working sgemm_ (BLAS) from libtorch_cpu")
+    try:
+        _gemm.share_torch_blas(grouped == "groups-torch-blas")
+        test_product_pool_against_reference("cpu", "cpu", torch.float32, two, rank_major, activation, G, R, S, K0,
+                                            K1, lead0, lead1)
+    finally:
+        _gemm.share_torch_blas(not _gemm._own_gemm())
 
 
 def test_product_pool_cpu_grouped_past_the_kept_scratch(monkeypatch):
@@ -89,6 +97,52 @@ def test_product_pool_cpu_grouped_past_the_kept_scratch(monkeypatch):
     monkeypatch.setattr(crossfuse.ops.fusions, "_grouped", lambda G, threads: True)
     test_product_pool_against_reference("cpu", "cpu", torch.float32, True, True, "relu", 2, 2, 300, 3, 5, (1800,),
                                         (1800,))
+
+
+def _ssn_input(shape, dtype, layout):
+    """Values with exact zeros (sqrt's kink) and, in the first row, an all-zero first slice (the eps branch)."""
+    z = torch.randn(*shape) * 3
+    z[..., ::5] = 0
+    if z.numel():
+        z.view(-1, shape[-1])[0, :2] = 0
+    z = z.to(dtype)
+    if layout == "strided":
+        buf = torch.full((*shape[:-1], 2 * shape[-1]), float("nan"), dtype=dtype)
+        buf[..., ::2] = z
+        z = buf[..., ::2]
+    return z
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("shape,groups", [((6, 20), 10), ((6, 20), 1), ((2, 3, 12), 4), ((1, 2), 2), ((3, 5), 5),
+                                          ((0, 8), 2)])
+@pytest.mark.parametrize("backend,dtype", [(b, d) for b in ("reference", "cpu")
+                                           for d in (torch.float32, torch.float16, torch.bfloat16)])
+def test_signed_sqrt_normalize_against_float64(backend, dtype, shape, groups, layout):
+    """Block's and the normalize=True fusions' signed square root and L2 normalisation (the cpu backend's C++
+    passes): value and gradient against float64, with zeros, an all-zero slice and one-value slices (a zero
+    gradient, which a rounding residue times 1 / (2 sqrt|z|) would spoil), fp32 and half precision."""
+    torch.manual_seed(0)
+    z = _ssn_input(shape, dtype, layout)
+    cot = torch.randn(shape, dtype=torch.float64)
+
+    def run(v, b):
+        leaf = leaf_like(v)
+        y = signed_sqrt_normalize(leaf, groups, backend=b)
+        return y, torch.autograd.grad((y.double() * cot).sum(), leaf)[0]
+
+    ref_y, ref_g = run(z.double(), "reference")
+    low_y, low_g = run(z, "reference")
+    y, g = run(z, backend)
+    assert_within_rule("y", y, low_y, ref_y, dtype)
+    assert_within_rule("dz", g, low_g, ref_g, dtype)
+
+
+def test_signed_sqrt_normalize_bad_input():
+    with pytest.raises(ValueError, match="groups dividing"):
+        signed_sqrt_normalize(torch.randn(2, 10), groups=3)
+    with pytest.raises(TypeError, match="floating-point"):
+        signed_sqrt_normalize(torch.ones(2, 4, dtype=torch.int64))
 
 
 # ---- the modules --------------------------------------------------------------------------------------------
@@ -186,6 +240,45 @@ def test_product_pool_modules_low_precision(name, backend, device, dtype):
         got, g = _module_run(ml, xl, lambda mod, xs: mod(xs), cot)
     names = ["out", "x0", "x1"] + [n for n, _ in ml.named_parameters()]
     _assert_module_close(names, [got, *g], [low_out, *low_g], [ref_out, *ref_g], dtype)
+
+
+def test_block_hands_its_chunk_weights_over_without_a_copy():
+    """Block keeps each side's chunk weights (and biases) as consecutive slices of one buffer, so the kernel gets
+    them stacked without torch.stack's copy: after construction, after .to(), while an optimiser trains it (the
+    same steps as a Block whose parameters lie apart, which copies), and after load_state_dict."""
+    from crossfuse.nn.fusions import _stack
+    torch.manual_seed(0)
+
+    def stacked_in_place(m):
+        for linears in (m.merge_linears0, m.merge_linears1):
+            for name in ("weight", "bias"):
+                ps = [getattr(lin, name) for lin in linears]
+                st = _stack(ps)
+                if st.data_ptr() != ps[0].data_ptr() or not torch.equal(st, torch.stack(ps)):
+                    return False
+        return True
+
+    m = cnn.Block([D0, D1], OUT, mm_dim=16, chunks=4, rank=3)
+    assert stacked_in_place(m)
+    apart = cnn.Block([D0, D1], OUT, mm_dim=16, chunks=4, rank=3)
+    apart.load_state_dict(m.state_dict())
+    assert stacked_in_place(apart)
+    for lin in list(apart.merge_linears0) + list(apart.merge_linears1):
+        lin.weight.data, lin.bias.data = lin.weight.data.clone(), lin.bias.data.clone()
+    assert not stacked_in_place(apart)
+    x = [torch.randn(5, D0), torch.randn(5, D1)]
+    for mod in (m, apart):
+        opt = torch.optim.Adam(mod.parameters(), lr=0.05)
+        for _ in range(3):
+            opt.zero_grad()
+            mod(x).pow(2).sum().backward()
+            opt.step()
+    assert stacked_in_place(m)
+    for (name, a), b in zip(m.named_parameters(), apart.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    params = list(m.parameters())
+    m.to(torch.bfloat16)
+    assert stacked_in_place(m) and all(a is b for a, b in zip(params, m.parameters()))
 
 
 def test_zero_batch_modules():

@@ -7,6 +7,7 @@
 #include "crossfuse/fusions_cpu.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "crossfuse/common.h"
@@ -39,6 +40,29 @@ GroupRows group_rows(const PoolArgs& a, int64_t g, const float* zeros) {
           at(a.du0, o0), at(a.du1, o1), at(a.dv0, o0), at(a.dv1, o1)};
 }
 
+// The one-stage rank-major inner loops (Block's, Mutan's) over S unit-stride columns, built for each x86 level:
+// z += act(u0 + b0) * act(u1 + b1); and back, du0 = gate(u0 + b0, dz act(u1 + b1)) and du1 likewise, each
+// added to (acc0, acc1: a broadcast side's row collects its regions) or stored.
+CF_CPU_CLONES void pool_fwd_span(const float* __restrict u0, const float* __restrict b0, const float* __restrict u1,
+                                 const float* __restrict b1, float* __restrict z, int64_t S, bool relu) {
+  if (relu)
+    for (int64_t j = 0; j < S; ++j) z[j] += act<true>(u0[j] + b0[j]) * act<true>(u1[j] + b1[j]);
+  else
+    for (int64_t j = 0; j < S; ++j) z[j] += (u0[j] + b0[j]) * (u1[j] + b1[j]);
+}
+
+CF_CPU_CLONES void pool_bwd_span(const float* __restrict u0, const float* __restrict b0, const float* __restrict u1,
+                                 const float* __restrict b1, const float* __restrict dz, float* __restrict du0,
+                                 float* __restrict du1, int64_t S, bool relu, bool acc0, bool acc1) {
+  for (int64_t j = 0; j < S; ++j) {
+    const float p0 = u0[j] + b0[j], p1 = u1[j] + b1[j];
+    const float d0 = relu ? (p0 > 0.f ? dz[j] * act<true>(p1) : 0.f) : dz[j] * p1;
+    const float d1 = relu ? (p1 > 0.f ? dz[j] * act<true>(p0) : 0.f) : dz[j] * p0;
+    du0[j] = (acc0 ? du0[j] : 0.f) + d0;
+    du1[j] = (acc1 ? du1[j] : 0.f) + d1;
+  }
+}
+
 // z's rows [n0, n1) in group g's columns.
 template <bool RM, bool RELU, bool TWO>
 void pool_fwd_rows(const PoolArgs& a, const GroupRows& p, int64_t g, int64_t n0, int64_t n1) {
@@ -56,7 +80,9 @@ void pool_fwd_rows(const PoolArgs& a, const GroupRows& p, int64_t g, int64_t n0,
     float* __restrict z2 = z + a.z2;
     std::fill(z, z + S, 0.f);
     if (TWO) std::fill(z2, z2 + S, 0.f);
-    if (RM) {  // row(r, j) = r*S + j: the inner loop runs along j, unit stride
+    if (RM && !TWO) {
+      for (int64_t r = 0; r < R; ++r) pool_fwd_span(u0 + r * S, b0 + r * S, u1 + r * S, b1 + r * S, z, S, RELU);
+    } else if (RM) {  // row(r, j) = r*S + j: the inner loop runs along j, unit stride
       for (int64_t r = 0; r < R; ++r) {
         const int64_t o = r * S;
         for (int64_t j = 0; j < S; ++j) {
@@ -111,6 +137,12 @@ void pool_bwd_rows(const PoolArgs& a, const GroupRows& p, int64_t g, int64_t o0,
       float* __restrict dv1 = TWO ? p.dv1 + i1 : nullptr;
       const float* __restrict dz = a.dz + n * a.zs + g * S;
       const float* __restrict dz2 = dz + a.z2;
+      if (RM && !TWO) {
+        for (int64_t r = 0; r < R; ++r)
+          pool_bwd_span(u0 + r * S, b0 + r * S, u1 + r * S, b1 + r * S, dz, du0 + r * S, du1 + r * S, S, RELU,
+                        BC == 0, BC == 1);
+        continue;
+      }
       for (int64_t r = 0; r < R; ++r)
         for (int64_t j = 0; j < S; ++j) {
           const int64_t i = RM ? r * S + j : j * R + r;
@@ -154,6 +186,13 @@ void pool_rows_any(const PoolArgs& a, const GroupRows& p, int64_t g, int64_t lo,
   if (two) CF_POOL(false, false, true);
   CF_POOL(false, false, false);
 #undef CF_POOL
+}
+
+// db = the sums of du's rows (rows x n, contiguous).
+CF_CPU_CLONES void column_sums(const float* __restrict du, int64_t rows, int64_t n, float* __restrict db) {
+  std::fill(db, db + n, 0.f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < n; ++i) db[i] += du[r * n + i];
 }
 
 // Per-thread scratch of up to kKeptScratch floats, grown as needed and kept between calls (a buffer of megabytes
@@ -204,8 +243,8 @@ void product_pool_grouped_cpu(const PoolGemmArgs& w, bool backward) {
         *dus[k] = scratch + k * most;
       } else {  // the projections go where the backward will read them, else to the thread's scratch
         float* u = kept ? kept : scratch + k * most;
-        sgemm_cpu(rows[s], RS, K[s], 1.f, x[s] + g * K[s], G * K[s], 1, w.w[k] + g * RS * K[s], 1, K[s], 0.f, u, RS,
-                  nullptr, 1);
+        sgemm_one_thread(rows[s], RS, K[s], 1.f, x[s] + g * K[s], G * K[s], 1, w.w[k] + g * RS * K[s], 1, K[s], 0.f,
+                         u, RS);
         *us[k] = u;
       }
     }
@@ -215,19 +254,68 @@ void product_pool_grouped_cpu(const PoolGemmArgs& w, bool backward) {
       const int s = k % 2;
       const float* du = *dus[k];
       if (dx[s])  // v's share adds to u's
-        sgemm_cpu(rows[s], K[s], RS, 1.f, du, RS, 1, w.w[k] + g * RS * K[s], K[s], 1, k < 2 ? 0.f : 1.f,
-                  dx[s] + g * K[s], G * K[s], nullptr, 1);
+        sgemm_one_thread(rows[s], K[s], RS, 1.f, du, RS, 1, w.w[k] + g * RS * K[s], K[s], 1, k < 2 ? 0.f : 1.f,
+                         dx[s] + g * K[s], G * K[s]);
       if (w.dw[k])
-        sgemm_cpu(RS, K[s], rows[s], 1.f, du, 1, RS, x[s] + g * K[s], G * K[s], 1, 0.f, w.dw[k] + g * RS * K[s],
-                  K[s], nullptr, 1);
-      if (w.db[k]) {
-        float* db = w.db[k] + g * RS;
-        std::fill(db, db + RS, 0.f);
-        for (int64_t n = 0; n < rows[s]; ++n)
-          for (int64_t i = 0; i < RS; ++i) db[i] += du[n * RS + i];
-      }
+        sgemm_one_thread(RS, K[s], rows[s], 1.f, du, 1, RS, x[s] + g * K[s], G * K[s], 1, 0.f,
+                         w.dw[k] + g * RS * K[s], K[s]);
+      if (w.db[k]) column_sums(du, rows[s], RS, w.db[k] + g * RS);
     }
   }
+}
+
+namespace {
+
+inline float signed_sqrt(float v) { return std::copysign(std::sqrt(std::fabs(v)), v); }
+
+// One slice of L values, s = sign(z) sqrt|z|. Computed as F.normalize does (the norm from the squares of s,
+// divisions by it): a slice with one nonzero value then gives y = +-1 and a zero gradient exactly, where a
+// rounding residue would be amplified by ds/dz = 1 / (2 |s|) at a tiny z.
+CF_CPU_CLONES void ssn_slice(const float* __restrict z, float* __restrict y, int64_t L, float eps) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < L; ++i) {
+    const float v = signed_sqrt(z[i]);
+    sum += v * v;
+  }
+  const float d = std::max(std::sqrt(sum), eps);
+  for (int64_t i = 0; i < L; ++i) y[i] = signed_sqrt(z[i]) / d;
+}
+
+CF_CPU_CLONES void ssn_slice_backward(const float* __restrict z, const float* __restrict dy, float* __restrict dz,
+                                      int64_t L, float eps) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < L; ++i) {
+    const float v = signed_sqrt(z[i]);
+    sum += v * v;
+  }
+  const float norm = std::sqrt(sum), d = std::max(norm, eps);
+  // ds = (dy - y (y . dy)) / d with y = s / d; below eps d is the constant eps: ds = dy / eps
+  float ydy = 0.f;
+  if (norm > eps)
+    for (int64_t i = 0; i < L; ++i) ydy += signed_sqrt(z[i]) / d * dy[i];
+  for (int64_t i = 0; i < L; ++i) {
+    const float a = std::sqrt(std::fabs(z[i]));  // |s|; ds/dz = 1 / (2 |s|), and 0 at z = 0
+    const float ds = (dy[i] - std::copysign(a, z[i]) / d * ydy) / d;
+    dz[i] = a > 0.f ? ds / (2.f * a) : 0.f;
+  }
+}
+
+}  // namespace
+
+void signed_sqrt_normalize_cpu(const float* z, float* y, int64_t N, int64_t C, int64_t groups, float eps,
+                               int threads) {
+  const int64_t L = C / groups, slices = N * groups;
+  const int nt = N * C >= kParallelMin ? cpu_threads(threads) : 1;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t q = 0; q < slices; ++q) ssn_slice(z + q * L, y + q * L, L, eps);
+}
+
+void signed_sqrt_normalize_backward_cpu(const float* z, const float* dy, float* dz, int64_t N, int64_t C,
+                                        int64_t groups, float eps, int threads) {
+  const int64_t L = C / groups, slices = N * groups;
+  const int nt = N * C >= kParallelMin ? cpu_threads(threads) : 1;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t q = 0; q < slices; ++q) ssn_slice_backward(z + q * L, dy + q * L, dz + q * L, L, eps);
 }
 
 }  // namespace crossfuse

@@ -404,4 +404,32 @@ void sgemm_cpu(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int
 #endif
 }
 
+namespace {
+BlasSgemm g_blas = nullptr;
+}
+
+void set_blas_sgemm(BlasSgemm f) { g_blas = f; }
+bool has_blas_sgemm() { return g_blas != nullptr; }
+
+void sgemm_one_thread(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t rsa, int64_t csa,
+                      const float* B, int64_t rsb, int64_t csb, float beta, float* C, int64_t ldc) {
+  // Row-major C = A B is column-major C^T = B^T A^T: B comes first. A row-major operand (unit column stride) is
+  // its transpose in column-major order, so it goes as 'N'; a column-major one as 'T'.
+  const int64_t limit = int64_t(1) << 31;
+  const bool ok = g_blas && M > 0 && N > 0 && K > 0 && M < limit && N < limit && K < limit && ldc < limit &&
+                  ldc >= std::max<int64_t>(N, 1) && (csa == 1 || rsa == 1) && (csb == 1 || rsb == 1);
+  if (ok) {
+    const bool bn = csb == 1, an = csa == 1;
+    const int64_t ldb = bn ? rsb : csb, lda = an ? rsa : csa;
+    // the leading dimension covers the rows of the operand as BLAS reads it
+    if (ldb >= std::max<int64_t>(bn ? N : K, 1) && lda >= std::max<int64_t>(an ? K : M, 1) && ldb < limit &&
+        lda < limit) {
+      const int m = int(N), n = int(M), k = int(K), l1 = int(ldb), l2 = int(lda), l3 = int(ldc);
+      g_blas(bn ? "N" : "T", an ? "N" : "T", &m, &n, &k, &alpha, B, &l1, A, &l2, &beta, C, &l3);
+      return;
+    }
+  }
+  sgemm_cpu(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, ldc, nullptr, 1);
+}
+
 }  // namespace crossfuse

@@ -28,7 +28,9 @@ def info() -> str:
                         f", capped by CROSSFUSE_CPU_ISA (the CPU has {levels[ext.cpu.isa_detected()]})"))
         from crossfuse.ops import _gemm
         lines.append("CPU GEMM  " + ("crossfuse's (csrc/cpu/gemm.cpp)" if _gemm.OWN else "torch.mm (faster on this CPU)")
-                     + " for the cpu backend's fp32 products; CROSSFUSE_CPU_GEMM=own|torch overrides")
+                     + " for the cpu backend's fp32 products"
+                     + (", torch's BLAS inside the C++ kernels" if ext.cpu.has_blas_sgemm() else "")
+                     + "; CROSSFUSE_CPU_GEMM=own|torch overrides")
         lines.append(f"CUDA archs {ext.cuda_archs or 'none (built without CUDA kernels)'}")
     if torch.cuda.is_available():
         lines.append(f"GPU       {torch.cuda.get_device_name(0)} (sm_{''.join(map(str, torch.cuda.get_device_capability(0)))})")

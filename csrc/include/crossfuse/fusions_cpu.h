@@ -36,4 +36,12 @@ struct PoolGemmArgs {
 
 void product_pool_grouped_cpu(const PoolGemmArgs& a, bool backward);
 
+// y = s / max(||s||, eps) with s = sign(z) sqrt|z|, the norm over each of `groups` equal slices of a row's C
+// columns (rows contiguous, N of them); the backward recomputes s and the norms from z (F.normalize's gradient,
+// and 0 where z is 0, as sqrt(relu(z)) - sqrt(relu(-z)) gives).
+void signed_sqrt_normalize_cpu(const float* z, float* y, int64_t N, int64_t C, int64_t groups, float eps,
+                               int threads);
+void signed_sqrt_normalize_backward_cpu(const float* z, const float* dy, float* dz, int64_t N, int64_t C,
+                                        int64_t groups, float eps, int threads);
+
 }  // namespace crossfuse

@@ -15,4 +15,15 @@ void sgemm_cpu(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int
                const float* B, int64_t rsb, int64_t csb, float beta, float* C, int64_t ldc,
                const float* bias = nullptr, int nthreads = 0, bool generic = false);
 
+// A BLAS sgemm_ (Fortran interface, 32-bit integers) found at run time in the process, e.g. the MKL inside
+// torch's libtorch_cpu (crossfuse.ops._gemm hands it over where torch's GEMM is the faster one); 0 clears it.
+using BlasSgemm = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                           const int*, const float*, const int*, const float*, float*, const int*);
+void set_blas_sgemm(BlasSgemm f);
+bool has_blas_sgemm();
+// sgemm_cpu on one thread, through that BLAS where it is set and the strides suit it (one unit stride per
+// operand), for callers that already run one product per thread.
+void sgemm_one_thread(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t rsa, int64_t csa,
+                      const float* B, int64_t rsb, int64_t csb, float beta, float* C, int64_t ldc);
+
 }  // namespace crossfuse

@@ -214,6 +214,45 @@ class Mutan(_Fusion):
         return self._finish(z)
 
 
+def _share_storage(linears):
+    """Make the linears' weights (and biases) consecutive slices of one buffer each, so that _stack hands them to
+    the kernels as one tensor without a copy. The parameters stay the same separate leaves (names, state_dict,
+    optimisers unchanged); whatever re-homes one later without Block._apply (load_state_dict(assign=True)) only
+    brings back the copy."""
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            ps = [getattr(m, name) for m in linears]
+            if any(p is None for p in ps) or len({(p.shape, p.dtype, p.device) for p in ps}) != 1:
+                continue
+            for p, slot in zip(ps, torch.stack(ps)):
+                p.data = slot
+
+
+class _SliceStack(torch.autograd.Function):
+    """torch.stack of tensors that already lie one after another in one storage: a view of it, stack's gradient."""
+
+    @staticmethod
+    def forward(ctx, *ts):
+        t0 = ts[0]
+        return t0.detach().as_strided((len(ts), *t0.shape), (t0.numel(), *t0.stride()), t0.storage_offset())
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.unbind(0)
+
+
+def _stack(ts):
+    """torch.stack(ts); without its copy where ts are consecutive contiguous slices of one storage."""
+    t0 = ts[0]
+    step = t0.numel() * t0.element_size()
+    if (not torch.compiler.is_compiling() and t0.is_contiguous() and step
+            and all(t.shape == t0.shape and t.dtype == t0.dtype and t.device == t0.device and t.is_contiguous()
+                    and t.untyped_storage().data_ptr() == t0.untyped_storage().data_ptr()
+                    and t.data_ptr() == t0.data_ptr() + i * step for i, t in enumerate(ts))):
+        return _SliceStack.apply(*ts)
+    return torch.stack(ts)
+
+
 class Block(_Fusion):
     """BLOCK (Ben-younes et al. 2019): block-term decomposition, `chunks` Mutan-like blocks of rank `rank` on
     slices of the projected inputs, all of them on one product-pool kernel (block.bootstrap runs a Python loop)."""
@@ -232,6 +271,17 @@ class Block(_Fusion):
         self.merge_linears1 = self.merge_linears0 if shared else nn.ModuleList(
             nn.Linear(s, s * rank) for s in self.sizes_list)
         self.linear_out = nn.Linear(mm_dim, output_dim)
+        self._share_merge_storage()
+
+    def _share_merge_storage(self):
+        if all(s == self.sizes_list[0] for s in self.sizes_list):
+            for linears in {id(m): m for m in (self.merge_linears0, self.merge_linears1)}.values():
+                _share_storage(linears)
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half() give each parameter its own storage again
+        out = super()._apply(fn, recurse)
+        self._share_merge_storage()
+        return out
 
     def _stacked(self, linears):
         """(chunks, rank*S, S) weights and (chunks, rank*S) biases, S the largest chunk; a smaller chunk's weight
@@ -239,7 +289,7 @@ class Block(_Fusion):
         out."""
         S, R = max(self.sizes_list), self.rank
         if all(s == S for s in self.sizes_list):
-            return torch.stack([m.weight for m in linears]), torch.stack([m.bias for m in linears])
+            return _stack([m.weight for m in linears]), _stack([m.bias for m in linears])
         ws = [F.pad(m.weight.view(R, s, s), (0, S - s, 0, S - s)).reshape(R * S, S)
               for m, s in zip(linears, self.sizes_list)]
         bs = [F.pad(m.bias.view(R, s), (0, S - s)).reshape(R * S) for m, s in zip(linears, self.sizes_list)]
@@ -409,6 +459,8 @@ class BlockTucker(_Fusion):
                            zip(x0.split(self.sizes_list, -1), x1.split(self.sizes_list, -1), self.bilinears)], -1)
         if self.pos_norm == "after_cat":
             z = signed_sqrt_normalize(z)
+        elif all(s == self.sizes_list[0] for s in self.sizes_list):
+            z = signed_sqrt_normalize(z, groups=self.chunks)
         else:
             z = torch.cat([signed_sqrt_normalize(c) for c in z.split(self.sizes_list, -1)], -1)
         return self._finish(z)

@@ -5,9 +5,11 @@ Intel Xeon with AVX-512 torch.mm beat it on every shape tried (seven layer and f
 of MKL's speed), so there (an Intel CPU with AVX-512) these products go to torch: CROSSFUSE_CPU_GEMM=own|torch
 overrides the choice. Anything it does not cover (other dtypes or devices, an output without unit column stride,
 GEMV-like shapes) goes to torch too. `linear` puts F.linear's forward and backward on it (the fusion modules'
-projections on the cpu backend)."""
+projections on the cpu backend). The C++ kernels that run one product per thread follow the same choice: where
+torch's GEMM wins they call the BLAS inside torch (share_torch_blas)."""
 from __future__ import annotations
 
+import ctypes
 import os
 
 import torch
@@ -29,6 +31,69 @@ def _own_gemm() -> bool:
 
 
 OWN = _own_gemm()  # crossfuse's GEMM (True) or torch's for the products below; the tests set it both ways
+
+
+def torch_blas_sgemm() -> int | None:
+    """The address of the BLAS sgemm_ (Fortran interface) inside torch's libtorch_cpu, where it exports one (MKL
+    on x86 builds), checked on a small product of every layout; None where absent or wrong. The C++ kernels that
+    run one product per thread (the fusions' whole groups) call it where torch's GEMM is the faster one: a torch
+    call cannot run on one OpenMP thread of theirs."""
+    ext = _backend.ext
+    if ext is None or not hasattr(ext.cpu, "set_blas_sgemm"):
+        return None
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        address = ctypes.cast(lib.sgemm_, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+    if not address:
+        return None
+    was = ext.cpu.has_blas_sgemm()
+    ext.cpu.set_blas_sgemm(address)
+    try:
+        good = all(_one_thread_product_is_right(ta, tb) for ta in (False, True) for tb in (False, True))
+    finally:
+        if not was:
+            ext.cpu.set_blas_sgemm(0)
+    return address if good else None
+
+
+def _one_thread_product_is_right(ta, tb):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 5, generator=g).t() if ta else torch.randn(5, 3, generator=g)
+    b = torch.randn(4, 3, generator=g).t() if tb else torch.randn(3, 4, generator=g)
+    c = torch.randn(5, 4, generator=g)
+    want = a.double() @ b.double() + 0.5 * c.double()
+    one_thread_mm(a, b, c, beta=0.5)
+    return torch.allclose(c.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def one_thread_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *, beta: float = 0.0) -> torch.Tensor:
+    """out = a @ b + beta * out on the calling thread, fp32 CPU, through the BLAS set by share_torch_blas where
+    there is one (for tests of what the C++ kernels call)."""
+    _backend.ext.cpu.sgemm_one_thread(a.shape[0], b.shape[1], a.shape[1], 1.0, a.data_ptr(), a.stride(0),
+                                      a.stride(1), b.data_ptr(), b.stride(0), b.stride(1), float(beta),
+                                      out.data_ptr(), out.stride(0))
+    return out
+
+
+_TORCH_BLAS: int | None = None
+
+
+def share_torch_blas(on: bool) -> bool:
+    """Point the C++ kernels' single-threaded products at torch's BLAS (on) or at crossfuse's GEMM (off); True
+    when torch's is in use after the call."""
+    global _TORCH_BLAS
+    ext = _backend.ext
+    if ext is None or not hasattr(ext.cpu, "set_blas_sgemm"):
+        return False
+    if on and _TORCH_BLAS is None:
+        _TORCH_BLAS = torch_blas_sgemm() or 0
+    ext.cpu.set_blas_sgemm(_TORCH_BLAS if on else 0)
+    return ext.cpu.has_blas_sgemm()
+
+
+share_torch_blas(not OWN)
 
 
 def _covered(t: torch.Tensor) -> bool:

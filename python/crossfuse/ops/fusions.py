@@ -431,16 +431,57 @@ def product_pool(x0, x1, weight0, weight1, bias0=None, bias1=None, *, rank, rank
     return z.reshape(*lead, z.shape[-1])
 
 
-def signed_sqrt_normalize(z, groups=1, eps=1e-12):
+def signed_sqrt_normalize(z, groups=1, eps=1e-12, *, backend=None):
     """sign(z) sqrt|z| (as sqrt(relu(z)) - sqrt(relu(-z)), whose gradient at 0 is 0), then L2-normalised over
     each of `groups` equal slices of the last dimension (F.normalize's eps). fp16/bf16 run it in fp32: there eps
-    would round to 0 and an all-zero row give 0/0."""
+    would round to 0 and an all-zero row give 0/0. Where product_pool runs on the `cpu` backend (`backend` as
+    product_pool's), one C++ pass each way: torch's sqrt of the zeros relu leaves ran 25x slower than of positive
+    values on the Intel Xeon dev VM (1.5 ms for 256 x 1600)."""
+    if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+        raise TypeError(f"signed_sqrt_normalize: expected z to be a floating-point tensor, got "
+                        f"{z.dtype if isinstance(z, torch.Tensor) else type(z).__name__}")
+    if z.dim() == 0 or not isinstance(groups, int) or groups < 1 or z.shape[-1] % groups:
+        raise ValueError(f"signed_sqrt_normalize: expected a positive integer groups dividing z's last dimension, "
+                         f"got groups={groups!r} for z of shape {tuple(z.shape)}")
     dtype = z.dtype
+    if (z.is_cpu and dtype in _SSN_DTYPES and _backend.ext is not None and not torch.compiler.is_compiling()
+            and _backend.choose(OP, z.device, backend) == "cpu"):
+        return _SignedSqrtNormalize.apply(z, groups, float(eps)).to(dtype)
     z = z.float() if dtype in (torch.float16, torch.bfloat16) else z
     z = torch.sqrt(F.relu(z)) - torch.sqrt(F.relu(-z))
     if groups == 1:
         return F.normalize(z, p=2, dim=-1, eps=eps).to(dtype)
     return F.normalize(z.unflatten(-1, (groups, -1)), p=2, dim=-1, eps=eps).flatten(-2).to(dtype)
+
+
+_SSN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class _SignedSqrtNormalize(torch.autograd.Function):
+    """signed_sqrt_normalize in fp32 on the C++ passes; keeps z (fp32) for the backward, which recomputes the rest."""
+
+    @staticmethod
+    def forward(ctx, z, groups, eps):
+        z32 = z.detach().float().contiguous()
+        y = torch.empty_like(z32)
+        C = z32.shape[-1]
+        _backend.ext.cpu.signed_sqrt_normalize(z32.numel() // max(C, 1), C, groups, eps, z32.data_ptr(),
+                                               y.data_ptr(), torch.get_num_threads())
+        ctx.groups, ctx.eps, ctx.dtype = groups, eps, z.dtype
+        ctx.save_for_backward(z32)
+        return y
+
+    @staticmethod
+    @once_differentiable  # the kernels record no graph: a second derivative raises, never comes out wrong
+    def backward(ctx, dy):
+        (z32,) = ctx.saved_tensors
+        dy = dy.float().contiguous()
+        dz = torch.empty_like(z32)
+        C = z32.shape[-1]
+        _backend.ext.cpu.signed_sqrt_normalize_backward(z32.numel() // max(C, 1), C, ctx.groups, ctx.eps,
+                                                        z32.data_ptr(), dy.data_ptr(), dz.data_ptr(),
+                                                        torch.get_num_threads())
+        return dz.to(ctx.dtype), None, None
 
 
 # ---- compact bilinear pooling ----------------------------------------------------------------------------------
