@@ -63,6 +63,14 @@ CF_CPU_CLONES void pool_bwd_span(const float* __restrict u0, const float* __rest
   }
 }
 
+// A row of R*S floats of the calling thread's: the one-stage j*R + r layout (MFB's) runs the spans above over the
+// whole row, through the products (forward) or dz spread to each product (backward).
+inline float* row_scratch(int64_t n) {
+  thread_local std::vector<float> row;
+  if (int64_t(row.size()) < n) row.resize(n);
+  return row.data();
+}
+
 // z's rows [n0, n1) in group g's columns.
 template <bool RM, bool RELU, bool TWO>
 void pool_fwd_rows(const PoolArgs& a, const GroupRows& p, int64_t g, int64_t n0, int64_t n1) {
@@ -82,6 +90,15 @@ void pool_fwd_rows(const PoolArgs& a, const GroupRows& p, int64_t g, int64_t n0,
     if (TWO) std::fill(z2, z2 + S, 0.f);
     if (RM && !TWO) {
       for (int64_t r = 0; r < R; ++r) pool_fwd_span(u0 + r * S, b0 + r * S, u1 + r * S, b1 + r * S, z, S, RELU);
+    } else if (!TWO) {  // row(r, j) = j*R + r: the products in a row, then each output sums R neighbours
+      float* q = row_scratch(RS);
+      std::fill(q, q + RS, 0.f);
+      pool_fwd_span(u0, b0, u1, b1, q, RS, RELU);
+      for (int64_t j = 0; j < S; ++j) {
+        float sum = 0.f;
+        for (int64_t r = 0; r < R; ++r) sum += q[j * R + r];
+        z[j] = sum;
+      }
     } else if (RM) {  // row(r, j) = r*S + j: the inner loop runs along j, unit stride
       for (int64_t r = 0; r < R; ++r) {
         const int64_t o = r * S;
@@ -92,7 +109,7 @@ void pool_fwd_rows(const PoolArgs& a, const GroupRows& p, int64_t g, int64_t n0,
           if (TWO) z2[j] += act<RELU>(v0[i] + c0[i]) * act<RELU>(v1[i] + c1[i]) * q;
         }
       }
-    } else {  // row(r, j) = j*R + r: each output sums R neighbours
+    } else {  // row(r, j) = j*R + r: each output sums R neighbours (two stages)
       for (int64_t j = 0; j < S; ++j) {
         float s = 0.f, s2 = 0.f;
         for (int64_t r = 0; r < R; ++r) {
@@ -141,6 +158,12 @@ void pool_bwd_rows(const PoolArgs& a, const GroupRows& p, int64_t g, int64_t o0,
         for (int64_t r = 0; r < R; ++r)
           pool_bwd_span(u0 + r * S, b0 + r * S, u1 + r * S, b1 + r * S, dz, du0 + r * S, du1 + r * S, S, RELU,
                         BC == 0, BC == 1);
+        continue;
+      }
+      if (!TWO) {  // j*R + r: dz spread to the products of each output
+        float* dzx = row_scratch(RS);
+        for (int64_t j = 0; j < S; ++j) std::fill(dzx + j * R, dzx + (j + 1) * R, dz[j]);
+        pool_bwd_span(u0, b0, u1, b1, dzx, du0, du1, RS, RELU, BC == 0, BC == 1);
         continue;
       }
       for (int64_t r = 0; r < R; ++r)
