@@ -184,6 +184,7 @@ PYBIND11_MODULE(_C, m) {
   });
   cpu.def("cell_packed_gates", [](int kind) { return step_packed_gates(kind); });
   cpu.attr("cell_pack_units") = kSmallUnits;
+  cpu.attr("sequence_pack_min_steps") = kPackMinSteps;  // rnn_sequence packs w_hh (or takes w_packed) from here
   cpu.attr("cell_pass_rows") = kSmallMaxBatch;  // batch rows per pass over a block's weights (GRU's copies: up to it)
   // The cuda backend's single-launch cell step run on host threads (a test double: `nthreads` threads per block).
   cpu.def("cell_step_emulate", [](int kind, int dtype, int64_t B, int64_t I, int64_t H, const std::vector<uintptr_t>& p,
@@ -196,11 +197,11 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cell_step_max_batch") = kStepMaxBatch;
   // One layer, one direction, fp32: the time loop of rnn/lstm/gru (kind as in cell_step). gi (T, B, G*H) holds the
   // input gates x W_ih^T (b_ih folded in, or passed to be added per step); hs/cs (T, B, H) receive the states,
-  // ws (T, B, 4H) the activated gates.
+  // ws (T, B, 4H) the activated gates; w_packed (0 = none): w_hh already packed, packed_gates gates per k.
   cpu.def("rnn_sequence", [](int kind, int64_t T, int64_t B, int64_t H, uintptr_t gi, int64_t sgt, int64_t sgb,
                              uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh, uintptr_t h0, uintptr_t c0,
                              uintptr_t lengths, bool reverse, uintptr_t hs, uintptr_t cs, uintptr_t ws,
-                             int nthreads) {
+                             int nthreads, uintptr_t w_packed, int64_t packed_gates) {
     if (T < 0 || B < 0 || H < 0) throw std::invalid_argument("rnn_sequence: negative size");
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("rnn_sequence: wrong kind");
     if (T * B * H > 0 && (!gi || !w_hh || !hs || (kind == kLstm && !cs)))
@@ -214,6 +215,7 @@ PYBIND11_MODULE(_C, m) {
     s.reverse = reverse;
     s.hs = reinterpret_cast<float*>(hs); s.cs = reinterpret_cast<float*>(cs); s.ws = reinterpret_cast<float*>(ws);
     s.threads = nthreads;
+    s.w_packed = f(w_packed); s.packed_gates = packed_gates;
     if (T * B * H == 0) return;
     py::gil_scoped_release nogil;
     rnn_sequence_cpu(s);

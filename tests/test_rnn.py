@@ -329,6 +329,34 @@ def test_single_step_is_the_cells_one_call(cls, monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("isa", isa_cases())
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_kept_packed_recurrent_weights_follow_changes(cls, isa, monkeypatch):
+    """From the second forward that sees the same w_hh, the CPU recurrence runs on a kept packed copy (LSTM; GRU
+    where it pads its gates, at AVX-512) instead of packing again: values as torch.nn's on every call, also after
+    an in-place update and after the weight is replaced."""
+    rnn = importlib.import_module("crossfuse.ops.rnn")
+    given = []
+    real = rnn._backend.ext.cpu.rnn_sequence
+    monkeypatch.setattr(rnn._backend.ext.cpu, "rnn_sequence", lambda *a: given.append(a[-2] != 0) or real(*a))
+    with cpu_isa(isa):
+        m = getattr(crossfuse.nn, cls)(13, 37)
+        theirs = getattr(torch.nn, cls)(13, 37)
+        x = torch.randn(6, 3, 13)
+        expect_copy = cls == "LSTM" or crossfuse._backend.ext.cpu.isa() >= 4
+        with torch.no_grad():
+            for step in range(5):
+                if step == 3:
+                    m.weight_hh_l0.mul_(0.5)  # in place: the copy is stale
+                if step == 4:
+                    m.weight_hh_l0 = torch.nn.Parameter(torch.randn_like(m.weight_hh_l0) * 0.2)
+                theirs.load_state_dict(m.state_dict())
+                for a, b in zip(_flatten(m(x)), _flatten(theirs(x))):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # seen once, then twice (the copy is made and used), a change (seen once), a new tensor (seen once)
+    assert given == [False, expect_copy, expect_copy, False, False]
+
+
 def test_dropout_between_layers():
     m = crossfuse.nn.GRU(8, 64, num_layers=2, dropout=0.5)
     x = torch.randn(3, 2, 8)

@@ -12,7 +12,6 @@ namespace crossfuse {
 void cell_step_range_cpu(const SmallCellArgs&, int64_t, int64_t);  // csrc/cpu/cell_step.cpp
 
 namespace {
-constexpr int64_t kPackMinSteps = 4;  // the repack costs about one step's weight traffic
 // (threads, this thread's index) inside a parallel region; (1, 0) without OpenMP.
 std::pair<int64_t, int64_t> thread_slot() {
 #if defined(_OPENMP)
@@ -40,7 +39,8 @@ void rnn_sequence_cpu(const SeqArgs& s) {
   // Xeon dev VM, GRU forward T=100 B=8 H=256 3.5-3.6 ms against 4.25, T=100 B=16 H=512 25.7-26.2 against 28.9-29.1)
   const bool padded = pack && G == 3 && cpu_isa() >= 4;
   const int64_t GP = padded ? step_packed_gates(kGru) : G;
-  std::vector<float> packed(pack ? blocks * H * GP * kSmallUnits : 0);
+  const float* given = pack && s.w_packed && s.packed_gates == GP ? s.w_packed : nullptr;
+  std::vector<float> packed(pack && !given ? blocks * H * GP * kSmallUnits : 0);
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
@@ -49,7 +49,7 @@ void rnn_sequence_cpu(const SeqArgs& s) {
     const int64_t per = (blocks + nt - 1) / nt, j0 = std::min(H, id * per * kSmallUnits),
                   j1 = std::min(H, (id + 1) * per * kSmallUnits);
     std::vector<uint8_t> active(s.lengths ? B : 0);
-    if (pack) {  // a thread reads only its own blocks: no barrier needed before the first step
+    if (pack && !given) {  // a thread reads only its own blocks: no barrier needed before the first step
       pack_units_cpu(s.w_hh, G, H, H, j0 / kSmallUnits, (j1 + kSmallUnits - 1) / kSmallUnits, packed.data(), GP);
     }
     for (int64_t step = 0; step < T; ++step) {
@@ -68,7 +68,7 @@ void rnn_sequence_cpu(const SeqArgs& s) {
       a.cy = s.cs ? s.cs + t * BH : nullptr;
       a.ws = s.ws ? s.ws + t * 4 * BH : nullptr; a.sws = 4 * H;
       a.active = s.lengths ? active.data() : nullptr;
-      a.w_packed = pack ? packed.data() : nullptr;
+      a.w_packed = pack ? (given ? given : packed.data()) : nullptr;
       a.w_packed_padded = padded;
       if (step > 0 && j0 < j1)  // the other threads' units of the last state: in flight together, not one by one
         for (int64_t i = 0; i < BH; i += 16) __builtin_prefetch(a.hx + i, 0, 3);

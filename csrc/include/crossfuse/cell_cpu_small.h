@@ -5,6 +5,7 @@
 // applies the gates while the results are in registers/L1.
 #pragma once
 #include <algorithm>
+#include <vector>
 #include "crossfuse/cell.h"
 #include "crossfuse/cpu_isa.h"
 #if defined(_OPENMP)
@@ -379,14 +380,27 @@ inline void pack_units_cpu(const float* w, int64_t G, int64_t H, int64_t K, int6
                            int64_t GP = 0) {
   constexpr int U = kSmallUnits;
   GP = GP > G ? GP : G;
+  // The destination in order (k outer): its writes stream, and the GP x U source rows are read as as many
+  // sequential streams (k inner wrote with a stride of GP x U floats: 2.5x slower at H=256).
+  // A padded row (past H, or a padding gate) reads a row of zeros.
+  std::vector<float> zeros(K, 0.f);
+  const int64_t n = GP * U;
   for (int64_t blk = blk0; blk < blk1; ++blk) {
-    float* dst = P + blk * K * GP * U;
+    float* dst = P + blk * K * n;
+    const float* rows[4 * kSmallUnits];
     for (int64_t g = 0; g < GP; ++g)
       for (int u = 0; u < U; ++u) {
         const int64_t j = blk * U + u;
-        const float* row = j < H && g < G ? w + (g * H + j) * K : nullptr;
-        for (int64_t k = 0; k < K; ++k) dst[(k * GP + g) * U + u] = row ? row[k] : 0.f;
+        rows[g * U + u] = j < H && g < G ? w + (g * H + j) * K : zeros.data();
       }
+    int64_t k = 0;
+    for (; k + 4 <= K; k += 4, dst += 4 * n)  // 4 consecutive values of each row at a time
+      for (int64_t q = 0; q < n; ++q) {
+        const float* r = rows[q] + k;
+        dst[q] = r[0]; dst[n + q] = r[1]; dst[2 * n + q] = r[2]; dst[3 * n + q] = r[3];
+      }
+    for (; k < K; ++k, dst += n)
+      for (int64_t q = 0; q < n; ++q) dst[q] = rows[q][k];
   }
 }
 

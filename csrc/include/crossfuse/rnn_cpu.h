@@ -4,6 +4,9 @@
 
 namespace crossfuse {
 
+// LSTM/GRU sequences from this many steps (and up to kSmallMaxBatch rows) run on w_hh packed by unit block.
+constexpr int64_t kPackMinSteps = 4;  // the repack costs about one step's weight traffic
+
 struct SeqArgs {
   int kind = 0;
   int64_t T = 0, B = 0, H = 0;
@@ -17,6 +20,10 @@ struct SeqArgs {
   float *hs = nullptr, *cs = nullptr;  // (T, B, H) state after each step (cs: LSTM only)
   float* ws = nullptr;                 // (T, B, 4H) activated gates for the backward, or null
   int threads = 0;                     // see cpu_threads (crossfuse/common.h)
+  // The caller's copy of w_hh packed by unit block (pack_units_cpu, packed_gates gates per k), or null: used
+  // where the sequence runs on packed weights with that many gates per k, instead of packing them again.
+  const float* w_packed = nullptr;
+  int64_t packed_gates = 0;
 };
 
 void rnn_sequence_cpu(const SeqArgs& s);
