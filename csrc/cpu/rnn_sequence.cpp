@@ -118,6 +118,57 @@ CF_CPU_CLONES void rows_times_w(const float* d, int64_t B, int64_t GH, const flo
     }
 }
 
+#if CF_X86_CLONES
+// rows_times_w with 512-bit vectors: NB rows x 64 columns (4 vectors) of accumulators, each weight row slice
+// loaded once per NB rows and the row's factor broadcast into the multiply-adds. The 256-bit tiles above ran the
+// LSTM backward's dh = dG W_hh at about half the forward recurrence's speed (65 us a step at B=8 H=256).
+template <int NB>
+__attribute__((target("arch=x86-64-v4"))) void rows_times_w64(const float* d, int64_t GH, const float* W, int64_t H,
+                                                              int64_t k, float* dh) {
+  typedef float v16f __attribute__((vector_size(64)));
+  auto ld = [](const float* p) { v16f v; __builtin_memcpy(&v, p, 64); return v; };
+  v16f acc[NB][4] = {};
+  for (int64_t g = 0; g < GH; ++g) {
+    const float* w = W + g * H + k;
+    const v16f w0 = ld(w), w1 = ld(w + 16), w2 = ld(w + 32), w3 = ld(w + 48);
+    for (int b = 0; b < NB; ++b) {
+      const float s = d[b * GH + g];
+      acc[b][0] += w0 * s;
+      acc[b][1] += w1 * s;
+      acc[b][2] += w2 * s;
+      acc[b][3] += w3 * s;
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int v = 0; v < 4; ++v) __builtin_memcpy(dh + b * H + k + 16 * v, &acc[b][v], 64);
+}
+
+// The columns [k0, k1) of dh = d W: 64-column blocks on the 512-bit tiles where the level allows, the rest on
+// rows_times_w.
+void rows_times_w_any(const float* d, int64_t B, int64_t GH, const float* W, int64_t H, int64_t k0, int64_t k1,
+                      float* dh) {
+  if (cpu_isa() >= 4) {
+    for (; k0 + 64 <= k1; k0 += 64)
+      for (int64_t b = 0; b < B; b += 4) {
+        const float* db = d + b * GH;
+        float* out = dh + b * H;
+        switch (std::min<int64_t>(4, B - b)) {
+          case 1: rows_times_w64<1>(db, GH, W, H, k0, out); break;
+          case 2: rows_times_w64<2>(db, GH, W, H, k0, out); break;
+          case 3: rows_times_w64<3>(db, GH, W, H, k0, out); break;
+          default: rows_times_w64<4>(db, GH, W, H, k0, out); break;
+        }
+      }
+  }
+  if (k0 < k1) rows_times_w(d, B, GH, W, H, k0, k1, dh);
+}
+#else
+inline void rows_times_w_any(const float* d, int64_t B, int64_t GH, const float* W, int64_t H, int64_t k0,
+                             int64_t k1, float* dh) {
+  rows_times_w(d, B, GH, W, H, k0, k1, dh);
+}
+#endif
+
 // Gate backward of step t for rows [b0, b1): writes dgi/dgh rows, the direct dh (GRU) into dh_direct and dc_prev
 // (LSTM); inactive rows get zero gates.
 template <int KIND>
@@ -209,9 +260,9 @@ void sequence_backward(const SeqBwdArgs& s) {
       sync();
       const float* dgh = KIND == kGru ? s.dgh + t * B * GH : s.dgi + t * B * GH;
       if (by_rows) {
-        if (r0 < r1) rows_times_w(dgh + r0 * GH, r1 - r0, GH, s.w_hh, H, 0, H, dh_next.data() + r0 * H);
+        if (r0 < r1) rows_times_w_any(dgh + r0 * GH, r1 - r0, GH, s.w_hh, H, 0, H, dh_next.data() + r0 * H);
       } else if (k0 < k1) {
-        rows_times_w(dgh, B, GH, s.w_hh, H, k0, k1, dh_next.data());
+        rows_times_w_any(dgh, B, GH, s.w_hh, H, k0, k1, dh_next.data());
       }
       sync();
       for (int64_t b = r0; b < r1; ++b) {
