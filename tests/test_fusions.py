@@ -138,6 +138,15 @@ def test_signed_sqrt_normalize_against_float64(backend, dtype, shape, groups, la
     assert_within_rule("dz", g, low_g, ref_g, dtype)
 
 
+def test_signed_sqrt_normalize_under_a_backend_product_pool_lacks():
+    """Inside use_backend("cuda") (which product_pool has not) CPU tensors still normalise, on torch's math."""
+    z = torch.randn(3, 8)
+    with crossfuse.use_backend("cuda"):
+        y = signed_sqrt_normalize(z, 2)
+    with crossfuse.use_backend("reference"):
+        torch.testing.assert_close(y, signed_sqrt_normalize(z, 2))
+
+
 def test_signed_sqrt_normalize_bad_input():
     with pytest.raises(ValueError, match="groups dividing"):
         signed_sqrt_normalize(torch.randn(2, 10), groups=3)

@@ -444,9 +444,13 @@ def signed_sqrt_normalize(z, groups=1, eps=1e-12, *, backend=None):
         raise ValueError(f"signed_sqrt_normalize: expected a positive integer groups dividing z's last dimension, "
                          f"got groups={groups!r} for z of shape {tuple(z.shape)}")
     dtype = z.dtype
-    if (z.is_cpu and dtype in _SSN_DTYPES and _backend.ext is not None and not torch.compiler.is_compiling()
-            and _backend.choose(OP, z.device, backend) == "cpu"):
-        return _SignedSqrtNormalize.apply(z, groups, float(eps)).to(dtype)
+    if z.is_cpu and dtype in _SSN_DTYPES and _backend.ext is not None and not torch.compiler.is_compiling():
+        try:
+            cpu = _backend.choose(OP, z.device, backend) == "cpu"
+        except RuntimeError:  # a backend product_pool lacks or cannot run here: plain torch, as for the modules' Linears
+            cpu = False
+        if cpu:
+            return _SignedSqrtNormalize.apply(z, groups, float(eps)).to(dtype)
     z = z.float() if dtype in (torch.float16, torch.bfloat16) else z
     z = torch.sqrt(F.relu(z)) - torch.sqrt(F.relu(-z))
     if groups == 1:
