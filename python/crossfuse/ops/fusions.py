@@ -9,7 +9,8 @@ Backends: `triton` for CUDA tensors, in one of two ways by the projections' inpu
 chunks) one kernel does the grouped GEMM with the pooling in its epilogue, so the (rows, R*S) projections never
 reach memory and nothing of that size is kept for the backward, which recomputes them; above it (Mutan, MFB, MFH)
 cuBLAS's GEMMs beat that kernel (measured on an H200), so torch computes the projections and one Triton pass pools
-them (one pass back too). `cpu`: crossfuse's fp32 GEMM (csrc/cpu/gemm.cpp) and one C++ pooling pass each way;
+them (one pass back too). `cpu`: the CPU GEMM (crossfuse's csrc/cpu/gemm.cpp, or torch's BLAS where that is the
+faster: ops/_gemm) and one C++ pooling pass each way;
 with many groups (Block's chunks) one C++ call runs whole groups per thread, else the groups go one by one with
 each GEMM split over the threads. `reference`: plain torch.
 """
