@@ -270,6 +270,32 @@ def test_packed_unsorted_and_lengths_match_each_sequence_alone(cls):
         torch.testing.assert_close(a, s)
 
 
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_packed_unsorted_with_states_and_gradients_match_torch_nn(cls):
+    """A PackedSequence of unsorted lengths runs in its packed (sorted) order, the caller's initial states moved
+    into it and the final states back: outputs, final states and the gradients of the data, h0 (and c0) as
+    torch.nn's."""
+    torch.manual_seed(2)
+    m = getattr(crossfuse.nn, cls)(4, 6, num_layers=2, bidirectional=True)
+    theirs = getattr(torch.nn, cls)(4, 6, num_layers=2, bidirectional=True)
+    theirs.load_state_dict(m.state_dict())
+    T, B = 6, 4
+    x = torch.randn(T, B, 4)
+    lengths = torch.tensor([2, 6, 1, 4])
+    states = [torch.randn(4, B, 6) for _ in range(2 if cls == "LSTM" else 1)]
+    results = []
+    for mod in (m, theirs):
+        xs = x.clone().requires_grad_()
+        st = [s.clone().requires_grad_() for s in states]
+        out, fin = mod(pack_padded_sequence(xs, lengths, enforce_sorted=False), tuple(st) if cls == "LSTM" else st[0])
+        fin = list(fin) if isinstance(fin, tuple) else [fin]
+        loss = (out.data * torch.arange(out.data.numel()).view_as(out.data).sin()).sum() + sum(
+            (f * (k + 2)).sum() for k, f in enumerate(fin))
+        results.append([out.data, *fin, *torch.autograd.grad(loss, [xs, *st])])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("cls", ["LSTM", "GRU"])
 def test_packed_equal_lengths_in_a_permuted_order(cls):
     """Sequences of one length (no padding to undo): states go in and come out in the caller's order, the output

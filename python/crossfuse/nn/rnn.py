@@ -121,8 +121,8 @@ class _Layers(torch.nn.Module):
             full = bs.numel() > 0 and bool((bs == bs[0]).all())
             if full:  # every sequence runs all steps: the data is already (T, B, *), in the packed batch order
                 x = input.data.reshape(bs.numel(), int(bs[0]), *input.data.shape[1:])
-            else:
-                x, lens = pad_packed_sequence(input)  # (T, B, *) in the caller's batch order
+            else:  # (T, B, *) in the packed batch order (lengths non-increasing), as torch.nn runs it
+                x, lens = pad_packed_sequence(PackedSequence(input.data, bs))
                 lengths = lens.to(x.device)
         else:
             if input.dim() not in (2, 3):
@@ -142,7 +142,7 @@ class _Layers(torch.nn.Module):
                                  f"got {tuple(t.shape)}")
         if lstm and (h0 is None) != (c0 is None):
             raise ValueError(f"{name}: expected hx to be a tuple (h_0, c_0) or None")
-        order = input.sorted_indices if full else None
+        order = input.sorted_indices if packed else None
         if order is not None:  # the caller's states into the packed batch order
             h0 = None if h0 is None else h0.index_select(1, order)
             c0 = None if c0 is None else c0.index_select(1, order)
@@ -163,19 +163,12 @@ class _Layers(torch.nn.Module):
         output = layer_in
         h_n = torch.stack(h_n)
         c_n = torch.stack(c_n) if lstm else None
-        if full:
-            output = PackedSequence(output.reshape(-1, output.shape[-1]), input.batch_sizes, input.sorted_indices,
-                                    input.unsorted_indices)
+        if packed:
+            data = (output.reshape(-1, output.shape[-1]) if full else pack_padded_sequence(output, lens).data)
+            output = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
             if order is not None:  # the final states back in the caller's order
                 h_n = h_n.index_select(1, input.unsorted_indices)
                 c_n = None if c_n is None else c_n.index_select(1, input.unsorted_indices)
-        elif packed:
-            if input.sorted_indices is None:
-                output = pack_padded_sequence(output, lens)
-            else:  # keep the caller's sort, as torch.nn does
-                idx = input.sorted_indices
-                data = pack_padded_sequence(output.index_select(1, idx), lens[idx.cpu()]).data
-                output = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
         elif unbatched:
             output, h_n = output.squeeze(1), h_n.squeeze(1)
             c_n = None if c_n is None else c_n.squeeze(1)
