@@ -41,6 +41,10 @@ void rnn_sequence_cpu(const SeqArgs& s) {
   const int64_t GP = padded ? step_packed_gates(kGru) : G;
   const float* given = pack && s.w_packed && s.packed_gates == GP ? s.w_packed : nullptr;
   std::vector<float> packed(pack && !given ? blocks * H * GP * kSmallUnits : 0);
+  // Lengths that never increase (a PackedSequence in its packed order): a step's active rows are a prefix, so it
+  // runs on those rows alone and the others carry their state (random lengths: about half the rows' work).
+  bool prefix = s.lengths != nullptr;
+  for (int64_t b = 1; prefix && b < B; ++b) prefix = s.lengths[b] <= s.lengths[b - 1];
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
@@ -54,10 +58,13 @@ void rnn_sequence_cpu(const SeqArgs& s) {
     }
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = s.reverse ? T - 1 - step : step, p = s.reverse ? t + 1 : t - 1;
-      if (s.lengths)  // a row past its length keeps its state (forward) or has not started (reverse)
+      int64_t rows = B;  // the step's rows: all, or the active prefix
+      if (prefix)
+        for (rows = 0; rows < B && t < s.lengths[rows];) ++rows;
+      else if (s.lengths)  // a row past its length keeps its state (forward) or has not started (reverse)
         for (int64_t b = 0; b < B; ++b) active[b] = t < s.lengths[b];
       SmallCellArgs a;
-      a.kind = s.kind; a.B = B; a.I = 0; a.H = H;
+      a.kind = s.kind; a.B = rows; a.I = 0; a.H = H;
       a.hx = step == 0 ? s.h0 : s.hs + p * BH;
       a.cx = step == 0 ? s.c0 : (s.cs ? s.cs + p * BH : nullptr);
       a.sh = a.sc = a.shy = a.scy = H;
@@ -67,12 +74,22 @@ void rnn_sequence_cpu(const SeqArgs& s) {
       a.hy = s.hs + t * BH;
       a.cy = s.cs ? s.cs + t * BH : nullptr;
       a.ws = s.ws ? s.ws + t * 4 * BH : nullptr; a.sws = 4 * H;
-      a.active = s.lengths ? active.data() : nullptr;
+      a.active = s.lengths && !prefix ? active.data() : nullptr;
       a.w_packed = pack ? (given ? given : packed.data()) : nullptr;
       a.w_packed_padded = padded;
       if (step > 0 && j0 < j1)  // the other threads' units of the last state: in flight together, not one by one
         for (int64_t i = 0; i < BH; i += 16) __builtin_prefetch(a.hx + i, 0, 3);
-      if (j0 < j1) cell_step_range_cpu(a, j0, j1);
+      if (j0 < j1 && rows > 0) cell_step_range_cpu(a, j0, j1);
+      for (int64_t b = rows; b < B && j0 < j1; ++b) {  // past the prefix: this thread's units carry over
+        float* hy = a.hy + b * H;
+        if (a.hx) std::copy(a.hx + b * H + j0, a.hx + b * H + j1, hy + j0); else std::fill(hy + j0, hy + j1, 0.f);
+        if (a.cy) {
+          float* cy = a.cy + b * H;
+          if (a.cx) std::copy(a.cx + b * H + j0, a.cx + b * H + j1, cy + j0); else std::fill(cy + j0, cy + j1, 0.f);
+        }
+        if (a.ws)
+          for (int k = 0; k < 4; ++k) std::fill(a.ws + b * 4 * H + k * H + j0, a.ws + b * 4 * H + k * H + j1, 0.f);
+      }
 #if defined(_OPENMP)
 #pragma omp barrier
 #endif

@@ -289,8 +289,8 @@ def _outputs(hs, cs, lengths, reverse):
     T = hs.shape[0]
     out = hs
     if lengths is not None:
-        on = torch.arange(T, device=hs.device)[:, None] < lengths[None, :]
-        out = torch.where(on[..., None], hs, torch.zeros_like(hs))
+        past = torch.arange(T, device=hs.device)[:, None] >= lengths[None, :]
+        out = hs.masked_fill(past[..., None], 0.0)  # one pass (torch.where also filled a tensor of zeros first)
     last = 0 if reverse else T - 1
     return out, hs[last], None if cs is None else cs[last]
 
