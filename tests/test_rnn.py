@@ -22,7 +22,10 @@ SHAPES = [(1, 1, 1, 1, None, False, True), (7, 5, 13, 37, (7, 3, 0, 5, 1), False
 # three-row GEMV tiles, and one step with no state (the cells' single call, threaded); the Triton kernel's tiles
 # have their own test below
 THREAD_SHAPES = [(5, 6, 8, 64, (5, 2, 4, 0, 5, 3), False, True), (4, 3, 7, 67, None, True, False),
-                 (1, 6, 8, 64, None, False, False)]
+                 (1, 6, 8, 64, None, False, False),
+                 # non-increasing lengths (a PackedSequence's order): steps on the active prefix of rows only,
+                 # the backward split by rows and by columns
+                 (6, 6, 8, 64, (6, 5, 5, 3, 1, 0), False, True), (5, 3, 7, 67, (5, 2, 0), True, True)]
 
 
 def _inputs(kind, T, B, I, H, with_state, dtype, device):

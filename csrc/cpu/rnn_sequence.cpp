@@ -242,6 +242,10 @@ void sequence_backward(const SeqBwdArgs& s) {
   const int64_t first = s.reverse ? T - 1 : 0;
   const int threads = BH * GH >= (1 << 15) ? cpu_threads(s.threads) : 1;
   const bool by_rows = threads > 1 && B >= 2 * threads;
+  // Non-increasing lengths (a PackedSequence in its packed order): a step's active rows are a prefix, and
+  // dh = dG W_hh runs on those alone (the others' dh carries over unread).
+  bool prefix = s.lengths != nullptr;
+  for (int64_t b = 1; prefix && b < B; ++b) prefix = s.lengths[b] <= s.lengths[b - 1];
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
@@ -276,10 +280,14 @@ void sequence_backward(const SeqBwdArgs& s) {
                              direct.data(), dc_prev, r0, r1);
       sync();
       const float* dgh = KIND == kGru ? s.dgh + t * B * GH : s.dgi + t * B * GH;
+      int64_t rows = B;
+      if (prefix)
+        for (rows = 0; rows < B && t < s.lengths[rows];) ++rows;
       if (by_rows) {
-        if (r0 < r1) rows_times_w_any(dgh + r0 * GH, r1 - r0, GH, s.w_hh, H, 0, H, dh_next.data() + r0 * H);
-      } else if (k0 < k1) {
-        rows_times_w_any(dgh, B, GH, s.w_hh, H, k0, k1, dh_next.data());
+        const int64_t r1a = std::min(r1, rows);
+        if (r0 < r1a) rows_times_w_any(dgh + r0 * GH, r1a - r0, GH, s.w_hh, H, 0, H, dh_next.data() + r0 * H);
+      } else if (k0 < k1 && rows > 0) {
+        rows_times_w_any(dgh, rows, GH, s.w_hh, H, k0, k1, dh_next.data());
       }
       sync();
       for (int64_t b = r0; b < r1; ++b) {
