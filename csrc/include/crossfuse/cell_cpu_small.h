@@ -12,6 +12,8 @@
 #include <omp.h>
 #endif
 
+
+
 namespace crossfuse {
 
 struct SmallCellArgs {
@@ -301,6 +303,12 @@ __attribute__((target("arch=x86-64-v4"))) void packed_lstm_v4(const float* P, co
         acc[s][b][v] = x;
       }
   auto step = [&](int s, int64_t k) __attribute__((always_inline)) {
+    // The weights 16 steps of k (2 KB) ahead, within the range: where they no longer fit in L2 (H=512 on 2
+    // threads) the stream otherwise waits on each line (LSTM T=100 B=8 H=512 forward 15-16 -> 13.4-14.2 ms).
+    if (k + 16 < k1) {
+      __builtin_prefetch(P + (k + 16) * 32, 0, 3);
+      __builtin_prefetch(P + (k + 16) * 32 + 16, 0, 3);
+    }
     v16f w0 = load16(P + k * 32), w1 = load16(P + k * 32 + 16);
     // in registers: GCC otherwise folds the loads into each row's multiply-add (3 rows: 3 loads of each, and the
     // loop bound by the load ports, 30 us against 21 at 4 rows for B=3 H=256)
