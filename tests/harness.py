@@ -36,6 +36,20 @@ def cpu_isa(level: int):
         cpu.set_isa_cap(before)
 
 
+@contextlib.contextmanager
+def c_kernel_products(torch_blas: bool):
+    """The C++ kernels' one-thread products on torch's BLAS (skipped, with the reason, where this torch exports no
+    working one) or on crossfuse's GEMM for the block; the default choice afterwards."""
+    from crossfuse.ops import _gemm
+    if torch_blas and _gemm.torch_blas_sgemm() is None:
+        pytest.skip("this torch exports no working sgemm_ (BLAS) from libtorch_cpu")
+    try:
+        _gemm.share_torch_blas(torch_blas)
+        yield
+    finally:
+        _gemm.share_torch_blas(not _gemm._own_gemm())
+
+
 def isa_cases():
     """One case per level; a level above this CPU's is skipped with the reason (nothing could run it)."""
     from crossfuse import _backend

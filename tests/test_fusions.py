@@ -7,10 +7,9 @@ import torch
 
 import crossfuse
 from crossfuse import nn as cnn
-from crossfuse.ops import _gemm
 from crossfuse.ops.fusions import compact_bilinear_pooling, product_pool, signed_sqrt_normalize
 from crossfuse.reference import fusions as ref
-from harness import HAS_GPU, assert_within_rule, backend_cases, leaf_like
+from harness import HAS_GPU, assert_within_rule, backend_cases, c_kernel_products, leaf_like
 
 # (G, R, S, K0, K1, lead0, lead1): equal rows, a question against regions both ways, an empty batch, and a shape
 # with several column blocks and a K loop (S > BLOCK_J, K > BLOCK_K)
@@ -81,14 +80,9 @@ def test_product_pool_cpu_strategies(grouped, two, rank_major, activation, G, R,
     with the GEMMs inside, on torch's BLAS or on crossfuse's GEMM) and the group loop with each GEMM split over
     the threads."""
     monkeypatch.setattr(crossfuse.ops.fusions, "_grouped", lambda G, threads: grouped != "loop")
-    if grouped == "groups-torch-blas" and _gemm.torch_blas_sgemm() is None:
-        pytest.skip("this torch exports no working sgemm_ (BLAS) from libtorch_cpu")
-    try:
-        _gemm.share_torch_blas(grouped == "groups-torch-blas")
+    with c_kernel_products(grouped == "groups-torch-blas"):
         test_product_pool_against_reference("cpu", "cpu", torch.float32, two, rank_major, activation, G, R, S, K0,
                                             K1, lead0, lead1)
-    finally:
-        _gemm.share_torch_blas(not _gemm._own_gemm())
 
 
 def test_product_pool_cpu_grouped_past_the_kept_scratch(monkeypatch):

@@ -5,7 +5,7 @@ import torch
 
 from crossfuse import _backend
 from crossfuse.ops import _gemm
-from harness import assert_within_rule, cpu_isa, isa_cases
+from harness import assert_within_rule, c_kernel_products, cpu_isa, isa_cases
 
 ext = _backend.ext
 
@@ -178,32 +178,23 @@ def test_fusion_modules_keep_torch_linear_semantics_where_it_shows():
     torch.testing.assert_close(hooked, fast, rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture
-def torch_blas():
-    """Single-threaded products through torch's BLAS for the test, the default choice restored after it."""
-    if _gemm.torch_blas_sgemm() is None:
-        pytest.skip("this torch exports no working sgemm_ (BLAS) from libtorch_cpu")
-    yield _gemm.share_torch_blas(True)
-    _gemm.share_torch_blas(not _gemm._own_gemm())
-
-
 @pytest.mark.parametrize("through", ["torch-blas", "crossfuse"])
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (17, 63, 113), (256, 80, 120), (5, 0, 3)])
 @pytest.mark.parametrize("la,lb", [("rows", "rows"), ("rows", "cols"), ("cols", "rows"), ("cols", "cols"),
                                    ("strided", "rows"), ("rows", "strided")])
-def test_one_thread_products(M, K, N, la, lb, through, torch_blas):
+def test_one_thread_products(M, K, N, la, lb, through):
     """What the whole-group fusion kernels call on each thread (sgemm_one_thread): through torch's BLAS (a
     row-major product passed as the column-major one of the transposes) or crossfuse's GEMM, every layout; an
     operand with no unit stride (strided) always takes crossfuse's. beta 0 leaves a NaN output unread."""
-    _gemm.share_torch_blas(through == "torch-blas")
-    assert ext.cpu.has_blas_sgemm() is (through == "torch-blas")
-    a, b = _operand(M, K, la), _operand(K, N, lb)
-    for beta in (0.0, 0.5):
-        out = torch.randn(M, N) if beta else torch.full((M, N), float("nan"))
-        c = out.clone()
-        _gemm.one_thread_mm(a, b, out, beta=beta)
-        ref, low = _expected(a, b, c, beta)
-        assert_within_rule("a @ b + beta c", out, low, ref, torch.float32)
+    with c_kernel_products(through == "torch-blas"):
+        assert ext.cpu.has_blas_sgemm() is (through == "torch-blas")
+        a, b = _operand(M, K, la), _operand(K, N, lb)
+        for beta in (0.0, 0.5):
+            out = torch.randn(M, N) if beta else torch.full((M, N), float("nan"))
+            c = out.clone()
+            _gemm.one_thread_mm(a, b, out, beta=beta)
+            ref, low = _expected(a, b, c, beta)
+            assert_within_rule("a @ b + beta c", out, low, ref, torch.float32)
 
 
 def test_the_c_kernels_follow_the_gemm_choice(monkeypatch):

@@ -20,6 +20,20 @@ std::pair<int64_t, int64_t> thread_slot() {
   return {1, 0};
 #endif
 }
+
+// Lengths that never increase (a PackedSequence in its packed order): each step's active rows are then a prefix.
+bool prefix_lengths(const int64_t* lengths, int64_t B) {
+  bool ok = lengths != nullptr;
+  for (int64_t b = 1; ok && b < B; ++b) ok = lengths[b] <= lengths[b - 1];
+  return ok;
+}
+
+// The rows still going at step t: with prefix lengths, the first active_rows(...) of them.
+int64_t active_rows(const int64_t* lengths, int64_t B, int64_t t) {
+  int64_t rows = 0;
+  while (rows < B && t < lengths[rows]) ++rows;
+  return rows;
+}
 }  // namespace
 
 // One parallel region for the whole sequence: each thread owns a range of hidden-unit blocks for every step
@@ -41,10 +55,9 @@ void rnn_sequence_cpu(const SeqArgs& s) {
   const int64_t GP = padded ? step_packed_gates(kGru) : G;
   const float* given = pack && s.w_packed && s.packed_gates == GP ? s.w_packed : nullptr;
   std::vector<float> packed(pack && !given ? blocks * H * GP * kSmallUnits : 0);
-  // Lengths that never increase (a PackedSequence in its packed order): a step's active rows are a prefix, so it
-  // runs on those rows alone and the others carry their state (random lengths: about half the rows' work).
-  bool prefix = s.lengths != nullptr;
-  for (int64_t b = 1; prefix && b < B; ++b) prefix = s.lengths[b] <= s.lengths[b - 1];
+  // With prefix lengths a step runs on its active rows alone and the others carry their state (random lengths:
+  // about half the rows' work).
+  const bool prefix = prefix_lengths(s.lengths, B);
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
@@ -58,10 +71,8 @@ void rnn_sequence_cpu(const SeqArgs& s) {
     }
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = s.reverse ? T - 1 - step : step, p = s.reverse ? t + 1 : t - 1;
-      int64_t rows = B;  // the step's rows: all, or the active prefix
-      if (prefix)
-        for (rows = 0; rows < B && t < s.lengths[rows];) ++rows;
-      else if (s.lengths)  // a row past its length keeps its state (forward) or has not started (reverse)
+      const int64_t rows = prefix ? active_rows(s.lengths, B, t) : B;  // the step's rows: the prefix, or all
+      if (!prefix && s.lengths)  // a row past its length keeps its state (forward) or has not started (reverse)
         for (int64_t b = 0; b < B; ++b) active[b] = t < s.lengths[b];
       SmallCellArgs a;
       a.kind = s.kind; a.B = rows; a.I = 0; a.H = H;
@@ -242,10 +253,8 @@ void sequence_backward(const SeqBwdArgs& s) {
   const int64_t first = s.reverse ? T - 1 : 0;
   const int threads = BH * GH >= (1 << 15) ? cpu_threads(s.threads) : 1;
   const bool by_rows = threads > 1 && B >= 2 * threads;
-  // Non-increasing lengths (a PackedSequence in its packed order): a step's active rows are a prefix, and
-  // dh = dG W_hh runs on those alone (the others' dh carries over unread).
-  bool prefix = s.lengths != nullptr;
-  for (int64_t b = 1; prefix && b < B; ++b) prefix = s.lengths[b] <= s.lengths[b - 1];
+  // With prefix lengths dh = dG W_hh runs on a step's active rows alone (the others' dh carries over unread).
+  const bool prefix = prefix_lengths(s.lengths, B);
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
@@ -280,9 +289,7 @@ void sequence_backward(const SeqBwdArgs& s) {
                              direct.data(), dc_prev, r0, r1);
       sync();
       const float* dgh = KIND == kGru ? s.dgh + t * B * GH : s.dgi + t * B * GH;
-      int64_t rows = B;
-      if (prefix)
-        for (rows = 0; rows < B && t < s.lengths[rows];) ++rows;
+      const int64_t rows = prefix ? active_rows(s.lengths, B, t) : B;
       if (by_rows) {
         const int64_t r1a = std::min(r1, rows);
         if (r0 < r1a) rows_times_w_any(dgh + r0 * GH, r1a - r0, GH, s.w_hh, H, 0, H, dh_next.data() + r0 * H);
