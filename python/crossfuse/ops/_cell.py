@@ -61,11 +61,13 @@ def run_kernel(kind: str, backend: str, backward: bool, B: int, H: int, dtype: t
         getattr(_backend.ext.cuda, op)(*args, _backend.cuda_stream(device))
 
 
-def cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws):
+def cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws, plan=None):
     """Fused forward of one step: returns (hy, cy or None, workspace or None). On the cpu backend a step that
-    fits the single-call kernel (fp32, small batch) is that one call, the GEMVs included."""
+    fits the single-call kernel (fp32, small batch) is that one call, the GEMVs included (`plan`: its
+    _cpu_step_plan, where the caller has it)."""
     if backend == "cpu":
-        out = _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws)
+        out = (_run_cpu_step(kind, plan, x, hx, cx, need_ws) if plan is not None
+               else _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws))
         if out is not None:
             return out if need_ws else (*out, None)
     B, H = x.shape[0], w_hh.shape[1]
@@ -120,8 +122,8 @@ def cell_backward(kind, backend, dhy, dcy, x, hx, cx, w_ih, w_hh, hy, ws, need):
 
 class _CellFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-        hy, cy, ws = cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, True)
+    def forward(ctx, kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, plan=None):
+        hy, cy, ws = cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, True, plan)
         ctx.kind, ctx.backend = kind, backend
         ctx.save_for_backward(x, hx, cx, w_ih, w_hh, hy, ws)
         return (hy, cy) if cy is not None else hy
@@ -130,7 +132,7 @@ class _CellFunction(torch.autograd.Function):
     @once_differentiable  # the kernels record no graph: a second derivative raises, never comes out wrong
     def backward(ctx, dhy, dcy=None):
         grads = cell_backward(ctx.kind, ctx.backend, dhy, dcy, *ctx.saved_tensors, ctx.needs_input_grad[2:9])
-        return (None, None) + grads
+        return (None, None, *grads, None)
 
 
 def _define_custom_op(op: str):
@@ -198,12 +200,12 @@ _CPU = torch.device("cpu")
 _STEP_MAX_BATCH = _backend.ext.cpu.cell_step_max_batch if _backend.ext is not None else 0
 
 
-def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
-    """A call on CPU for the cpu backend that fits the single-call step (fp32, small batch, unit-stride rows)
-    runs here as one C++ call: (hy, cy), or with `need_ws` (hy, cy, ws), ws the activated gates the backward
-    reads; otherwise None, and the general path, with its full checks, runs instead. At these sizes the Python
-    around the kernel costs as much as the kernel: the weights' checks are cached (_step_weights) and every
-    check here is a cheap attribute test (about 0.1 us each)."""
+def _cpu_step_plan(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    """What the single-call C++ step (cpu backend, fp32, small batch, unit-stride rows) needs to run these
+    arguments: (B, I, H, x's, hx's and cx's row strides, _step_weights' answer), or None where it does not take
+    them (the general path, with its full checks, runs instead). At these sizes the Python around the kernel
+    costs as much as the kernel: the weights' checks are cached (_step_weights) and every check here is a cheap
+    attribute test (about 0.1 us each)."""
     f32 = _F32
     if x.dtype is not f32 or x.ndim != 2:
         return None
@@ -220,18 +222,31 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
         return None
     if cx is not None and (cx.dtype is not f32 or not cx.is_cpu or cx.shape != (B, H) or (sc := cx.stride())[1] != 1):
         return None
+    return B, I, H, sx[0], sh[0], sc[0], w
+
+
+def _run_cpu_step(kind, plan, x, hx, cx, need_ws=False):
+    """The single-call step on a _cpu_step_plan: (hy, cy), or with `need_ws` (hy, cy, ws), ws the activated
+    gates the backward reads."""
+    B, I, H, sx, sh, sc, w = plan
     if _backend.FILL_NAN:
         hy = x.new_full((B, H), float("nan"))
         cy = x.new_full((B, H), float("nan")) if kind == "lstm" else None
     else:  # new_empty with the sizes as arguments: a third of torch.empty(shape, dtype=, device=)'s cost
         hy = x.new_empty(B, H)
         cy = x.new_empty(B, H) if kind == "lstm" else None
-    ws = _backend.empty((B, 4 * H), dtype=f32, device=_CPU) if need_ws and kind in ("lstm", "gru") else None
+    ws = _backend.empty((B, 4 * H), dtype=_F32, device=_CPU) if need_ws and kind in ("lstm", "gru") else None
     _backend.ext.cpu.cell_step(
-        KINDS[kind], B, I, H, x.data_ptr(), sx[0], 0 if hx is None else hx.data_ptr(), sh[0],
-        0 if cx is None else cx.data_ptr(), sc[0], *w[1], hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H,
+        KINDS[kind], B, I, H, x.data_ptr(), sx, 0 if hx is None else hx.data_ptr(), sh,
+        0 if cx is None else cx.data_ptr(), sc, *w[1], hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H,
         0 if ws is None else ws.data_ptr(), torch.get_num_threads())
     return (hy, cy, ws) if need_ws else (hy, cy)
+
+
+def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
+    """_run_cpu_step where the single-call step takes the arguments, else None."""
+    plan = _cpu_step_plan(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    return None if plan is None else _run_cpu_step(kind, plan, x, hx, cx, need_ws)
 
 
 # The single-call step checks the weights once per set of tensors, their shapes, version counters and storage
@@ -406,12 +421,14 @@ def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend, module=None):
             or _backend.choose(op, _CPU, backend)
         if chosen == "cpu":
             try:
-                out = None if torch.is_grad_enabled() and _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh) \
-                    else _try_cpu_step(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+                plan = _cpu_step_plan(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
             except (AttributeError, TypeError, ValueError):
-                out = None  # malformed arguments: the general path says what is wrong
-            if out is not None:
-                return out
+                plan = None  # malformed arguments: the general path says what is wrong
+            if plan is not None:  # the arguments are checked: the step runs, with autograd where it is needed
+                if _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+                    out = _CellFunction.apply(kind, "cpu", input, hx, cx, w_ih, w_hh, b_ih, b_hh, plan)
+                    return out if kind == "lstm" else (out, None)
+                return _run_cpu_step(kind, plan, input, hx, cx)
     elif not compiling and type(input) is torch.Tensor and input.is_cuda and input.ndim == 2:
         chosen = _backend.choose(op, input.device, backend)
         if chosen == "cuda" and not _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
