@@ -166,8 +166,8 @@ PYBIND11_MODULE(_C, m) {
     a.sx = sx; a.sh = sh; a.sc = sc; a.shy = shy; a.scy = scy; a.threads = nthreads;
     if (kind == kLstm || kind == kGru) {
       a.ws = reinterpret_cast<float*>(ws); a.sws = 4 * H;
-      a.w_ih_packed = f(w_ih_packed); a.w_packed = f(w_hh_packed);
     }
+    a.w_ih_packed = f(w_ih_packed); a.w_packed = f(w_hh_packed);
     if (B * H == 0) return;
     py::gil_scoped_release nogil;
     cell_step_cpu(a);
@@ -175,15 +175,17 @@ PYBIND11_MODULE(_C, m) {
   // A cell weight (G*H, K), row-major, repacked by blocks of cell_pack_units hidden units for cell_step
   // (w_ih_packed / w_hh_packed) of a `kind`: out holds ceil(H / units) * K * cell_packed_gates(kind) * units floats.
   cpu.def("pack_cell_weight", [](int kind, int64_t H, int64_t K, uintptr_t w, uintptr_t out) {
-    if (kind != kLstm && kind != kGru) throw std::invalid_argument("pack_cell_weight: kind must be LSTM or GRU");
+    if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("pack_cell_weight: wrong kind");
     if (H < 0 || K < 0) throw std::invalid_argument("pack_cell_weight: negative size");
     if (H * K > 0 && (!w || !out)) throw std::invalid_argument("pack_cell_weight: missing pointer");
     py::gil_scoped_release nogil;
-    pack_units_cpu(reinterpret_cast<const float*>(w), kind == kLstm ? 4 : 3, H, K, 0,
-                   (H + kSmallUnits - 1) / kSmallUnits, reinterpret_cast<float*>(out), step_packed_gates(kind));
+    const int64_t bu = packed_block_units(kind);
+    pack_units_cpu(reinterpret_cast<const float*>(w), kind == kLstm ? 4 : (kind == kGru ? 3 : 1), H, K, 0,
+                   (H + bu - 1) / bu, reinterpret_cast<float*>(out), step_packed_gates(kind));
   });
   cpu.def("cell_packed_gates", [](int kind) { return step_packed_gates(kind); });
-  cpu.attr("cell_pack_units") = kSmallUnits;
+  // floats in pack_cell_weight's `out`
+  cpu.def("cell_packed_floats", [](int kind, int64_t H, int64_t K) { return packed_floats(kind, H, K); });
   cpu.attr("sequence_pack_min_steps") = kPackMinSteps;  // rnn_sequence packs w_hh (or takes w_packed) from here
   cpu.attr("cell_pass_rows") = kSmallMaxBatch;  // batch rows per pass over a block's weights (GRU's copies: up to it)
   // The cuda backend's single-launch cell step run on host threads (a test double: `nthreads` threads per block).

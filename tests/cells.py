@@ -306,15 +306,15 @@ def _check_no_grad(kind, t):
 
 
 def check_packed_step(kind, B, I, H, variant, monkeypatch):
-    """LSTM, and GRU up to 16 rows: the first call with a set of weights runs on them as they are, the second
-    repacks them and runs on the copies, as does the third; the plain RNN cells never repack. Outputs (no grad) and then every
+    """LSTM, RNN, and GRU up to 16 rows: the first call with a set of weights runs on them as they are, the second
+    repacks them and runs on the copies, as does the third (the RNN's by blocks of 32 units). Outputs (no grad) and then every
     gradient (autograd, the same leaves twice: the forward keeps its workspace) match the float64 reference."""
     seen = _record_packed(monkeypatch)
     t = make_inputs(kind, B, I, H, variant, torch.float32, "cpu")
     for _ in range(3):
         _check_no_grad(kind, t)
     from crossfuse.ops import _cell
-    packs = kind == "lstm" or (kind == "gru" and B <= _cell._PACK_GRU_MAX_BATCH)
+    packs = kind != "gru" or B <= _cell._PACK_GRU_MAX_BATCH
     assert seen == ([] if variant == "strided" else [False, packs, packs])
     t64 = {k: None if v is None else v.detach().double() for k, v in t.items()}
     cot = [torch.randn(B, H, dtype=torch.float64) for _ in range(2 if kind == "lstm" else 1)]
@@ -337,7 +337,6 @@ def check_packed_weights_follow_changes(kind, monkeypatch):
     tensors (a weight made anew each call may get the last one's memory), and not made when turned off."""
     from crossfuse.ops import _cell
     seen = _record_packed(monkeypatch)
-    gated = kind in ("lstm", "gru")
     t = make_inputs(kind, 5, 12, 19, "plain", torch.float32, "cpu")
     changes = [(lambda: t["w_hh"].mul_(0.5), False), (lambda: t["w_ih"].add_(0.01), False),
                (lambda: setattr(t["w_ih"], "data", t["w_ih"].data * 2), False),
@@ -348,7 +347,7 @@ def check_packed_weights_follow_changes(kind, monkeypatch):
         change()
         seen.clear()
         _check_no_grad(kind, t)
-        assert seen == [gated and keeps]
+        assert seen == [keeps]
     w_ih = t["w_ih"]
     seen.clear()
     for _ in range(4):

@@ -43,16 +43,17 @@ int64_t active_rows(const int64_t* lengths, int64_t B, int64_t t) {
 void rnn_sequence_cpu(const SeqArgs& s) {
   const int64_t T = s.T, B = s.B, H = s.H, BH = B * H;
   const int64_t G = s.kind == kLstm ? 4 : (s.kind == kGru ? 3 : 1);
-  const int64_t blocks = (H + kSmallUnits - 1) / kSmallUnits;
+  // Over several steps, repack R by unit block once (each thread its own blocks), so that each step streams it
+  // contiguously and sums whole vectors of units (an RNN's blocks of kRnnPackUnits as LSTM's 4 gates).
+  const bool pack = T >= kPackMinSteps && B <= kSmallMaxBatch;
+  const int64_t bu = pack && G == 1 ? kRnnPackUnits : kSmallUnits;  // units per block; a thread owns whole blocks
+  const int64_t blocks = (H + bu - 1) / bu;
   const int threads = B * G * H * H >= kSmallParallelMacs && blocks >= 2 ? cpu_threads(s.threads) : 1;
   (void)threads;
-  // LSTM/GRU over several steps: repack R by unit block once (each thread its own blocks), so that each step
-  // streams it contiguously and sums whole vectors of units.
-  const bool pack = G > 1 && T >= kPackMinSteps && B <= kSmallMaxBatch;
   // GRU's 3 gates padded to 4 with AVX-512: its rows of 32 weights then run on the LSTM's 512-bit kernel (on the
   // Xeon dev VM, GRU forward T=100 B=8 H=256 3.5-3.6 ms against 4.25, T=100 B=16 H=512 25.7-26.2 against 28.9-29.1)
   const bool padded = pack && G == 3 && cpu_isa() >= 4;
-  const int64_t GP = padded ? step_packed_gates(kGru) : G;
+  const int64_t GP = padded || G == 1 ? step_packed_gates(s.kind) : G;
   const float* given = pack && s.w_packed && s.packed_gates == GP ? s.w_packed : nullptr;
   std::vector<float> packed(pack && !given ? blocks * H * GP * kSmallUnits : 0);
   // With prefix lengths a step runs on its active rows alone and the others carry their state (random lengths:
@@ -63,11 +64,10 @@ void rnn_sequence_cpu(const SeqArgs& s) {
 #endif
   {
     const auto [nt, id] = thread_slot();
-    const int64_t per = (blocks + nt - 1) / nt, j0 = std::min(H, id * per * kSmallUnits),
-                  j1 = std::min(H, (id + 1) * per * kSmallUnits);
+    const int64_t per = (blocks + nt - 1) / nt, j0 = std::min(H, id * per * bu), j1 = std::min(H, (id + 1) * per * bu);
     std::vector<uint8_t> active(s.lengths ? B : 0);
     if (pack && !given) {  // a thread reads only its own blocks: no barrier needed before the first step
-      pack_units_cpu(s.w_hh, G, H, H, j0 / kSmallUnits, (j1 + kSmallUnits - 1) / kSmallUnits, packed.data(), GP);
+      pack_units_cpu(s.w_hh, G, H, H, j0 / bu, (j1 + bu - 1) / bu, packed.data(), GP);
     }
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = s.reverse ? T - 1 - step : step, p = s.reverse ? t + 1 : t - 1;

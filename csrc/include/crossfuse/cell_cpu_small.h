@@ -384,13 +384,21 @@ CF_AI void packed_gates(const float* P, const float* h, int64_t sh, int64_t B, i
 #undef CF_AI
 }  // namespace small
 
+// An Elman RNN's one-gate weight packs by blocks of 4 x kSmallUnits units, unit 32 * block + q in LSTM's slot
+// (gate q / 8, unit q % 8) of a unit block: its GEMV then runs on the LSTM kernels, whole vectors of units and
+// no horizontal sums (the row-dot GEMV ran RNNCell B=8 H=256 at 105 GFLOP/s, LSTM's packed one at 250).
+constexpr int64_t kRnnPackUnits = 4 * kSmallUnits;
+// Hidden units per block of a packed copy: an RNN's 32, LSTM's and GRU's 8 (of 4 gates, GRU's 3 padded or not).
+constexpr int64_t packed_block_units(int kind) { return kind == kLstm || kind == kGru ? kSmallUnits : kRnnPackUnits; }
+
 // A weight (G*H, K) row-major (w_hh: K = H; w_ih: K = input size) into P[block][k][g][u] for the unit blocks
 // [blk0, blk1), with GP >= G gates per k (those past G, and units past H, get zero weights): the layout
-// small::packed_gates<GP> streams.
+// small::packed_gates<GP> streams. One gate (G = 1, GP = 4): the RNN's blocks of kRnnPackUnits units above.
 inline void pack_units_cpu(const float* w, int64_t G, int64_t H, int64_t K, int64_t blk0, int64_t blk1, float* P,
                            int64_t GP = 0) {
   constexpr int U = kSmallUnits;
   GP = GP > G ? GP : G;
+  const bool rnn = G == 1 && GP == 4;
   // The destination in order (k outer): its writes stream, and the GP x U source rows are read as as many
   // sequential streams (k inner wrote with a stride of GP x U floats: 2.5x slower at H=256).
   // A padded row (past H, or a padding gate) reads a row of zeros.
@@ -401,8 +409,8 @@ inline void pack_units_cpu(const float* w, int64_t G, int64_t H, int64_t K, int6
     const float* rows[4 * kSmallUnits];
     for (int64_t g = 0; g < GP; ++g)
       for (int u = 0; u < U; ++u) {
-        const int64_t j = blk * U + u;
-        rows[g * U + u] = j < H && g < G ? w + (g * H + j) * K : zeros.data();
+        const int64_t j = rnn ? blk * kRnnPackUnits + g * U + u : blk * U + u;
+        rows[g * U + u] = j < H && (rnn || g < G) ? w + ((rnn ? 0 : g * H) + j) * K : zeros.data();
       }
     int64_t k = 0;
     for (; k + 4 <= K; k += 4, dst += 4 * n)  // 4 consecutive values of each row at a time
@@ -416,8 +424,18 @@ inline void pack_units_cpu(const float* w, int64_t G, int64_t H, int64_t K, int6
 }
 
 // Gates per k in a single step's packed copies (w_ih_packed, w_hh_packed): GRU's 3 padded to 4, so that its
-// rows of 32 weights run on the LSTM kernels' whole 512-bit vectors (the fourth gate's products are wasted).
-constexpr int64_t step_packed_gates(int kind) { return kind == kLstm || kind == kGru ? 4 : 1; }
+// rows of 32 weights run on the LSTM kernels' whole 512-bit vectors (the fourth gate's products are wasted); an
+// RNN's 4 slots of 8 units.
+constexpr int64_t step_packed_gates(int) { return 4; }
+// Floats in the packed copy of a (G*H, K) weight of `kind` with step_packed_gates(kind) gates per k.
+constexpr int64_t packed_floats(int kind, int64_t H, int64_t K) {
+  return (H + packed_block_units(kind) - 1) / packed_block_units(kind) * K * 4 * kSmallUnits;
+}
+// Whether an RNN step runs on packed weights: a sequence's step with a state (w_packed, gi_pre), or a single step
+// with both copies (or w_ih's alone and no state).
+inline bool rnn_packed(const SmallCellArgs& a) {
+  return a.gi_pre ? a.w_packed && a.hx : a.w_ih_packed && a.I > 0 && (!a.hx || a.w_packed);
+}
 
 // The LSTM gate math of a whole block (B rows x U units, every row active, a previous state) as one flat loop
 // over its B * U lanes: the vectorised activations of several rows overlap, where a loop per row of U lanes
@@ -454,6 +472,48 @@ CF_CPU_CLONES inline void lstm_block(const SmallCellArgs& a, int64_t u0, int64_t
   }
 }
 
+// rnn_packed's step for the hidden units [j0, j1) (j0 a multiple of kRnnPackUnits), a block of them at a time,
+// batch rows in chunks of kSmallMaxBatch: the block's pre-activations accumulate in acc[q / 8][row][q % 8] (the
+// input part first: gi_pre, or the packed x GEMV), then the activation runs over the block's 32 lanes.
+template <int KIND>
+CF_CPU_CLONES void rnn_packed_range(const SmallCellArgs& a, int64_t j0, int64_t j1) {
+  constexpr int U = kSmallUnits, W = kRnnPackUnits;
+  const int64_t H = a.H, I = a.I;
+  alignas(64) float acc[4][kSmallMaxBatch][U];
+  alignas(64) float bias[W], pre[W], out[W];
+  for (int64_t u0 = j0; u0 < j1; u0 += W) {
+    const int64_t n = std::min<int64_t>(W, j1 - u0), blk = u0 / W;
+    for (int q = 0; q < W; ++q)
+      bias[q] = q < n ? (a.b_ih ? a.b_ih[u0 + q] : 0.f) + (a.b_hh ? a.b_hh[u0 + q] : 0.f) : 0.f;
+    for (int64_t r0 = 0; r0 < a.B; r0 += kSmallMaxBatch) {
+      const int64_t B = std::min<int64_t>(kSmallMaxBatch, a.B - r0);
+      const float* hx = a.hx ? a.hx + r0 * a.sh : nullptr;
+      if (a.gi_pre) {
+        for (int64_t b = 0; b < B; ++b) {
+          const float* src = a.gi_pre + (r0 + b) * a.sgi + u0;
+          for (int q = 0; q < W; ++q) acc[q / U][b][q % U] = q < n ? src[q] : 0.f;
+          if (a.gi_next) __builtin_prefetch(a.gi_next + (r0 + b) * a.sgi + u0, 0, 3);
+        }
+        small::packed_gates<4>(a.w_packed + blk * H * W, hx, a.sh, B, H, &acc[0][0][0], true);
+      } else {
+        small::packed_gates<4>(a.w_ih_packed + blk * I * W, a.x + r0 * a.sx, a.sx, B, I, &acc[0][0][0]);
+        if (hx) small::packed_gates<4>(a.w_packed + blk * H * W, hx, a.sh, B, H, &acc[0][0][0], true);
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t rb = r0 + b;
+        float* hy = a.hy + rb * a.shy + u0;
+        if (a.active && !a.active[rb]) {  // past this row's length: the state carries over unchanged
+          for (int64_t q = 0; q < n; ++q) hy[q] = a.hx ? a.hx[rb * a.sh + u0 + q] : 0.f;
+          continue;
+        }
+        for (int q = 0; q < W; ++q) pre[q] = acc[q / U][b][q % U] + bias[q];
+        for (int q = 0; q < W; ++q) out[q] = rnn_act(KIND, pre[q]);
+        for (int64_t q = 0; q < n; ++q) hy[q] = out[q];
+      }
+    }
+  }
+}
+
 // Hidden units [j0, j1), in blocks of U, batch rows in chunks of kSmallMaxBatch: the gate pre-activations of
 // a block land in gi/gh[gate][batch][unit], then the gate math runs over the U units of a row as one
 // (vectorisable) loop.
@@ -462,6 +522,9 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
   constexpr int G = KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1);
   constexpr int GP = int(step_packed_gates(KIND));  // the single step's packed copies' gates (GRU's padded)
   constexpr int U = kSmallUnits;
+  if constexpr (G == 1) {
+    if (rnn_packed(a)) return rnn_packed_range<KIND>(a, j0, j1);
+  }
   const int64_t H = a.H, I = a.I;
   // 32-byte aligned, so that the gate math's vector loads can forward from whole-vector stores
   alignas(32) float gi[GP > G ? GP : G][kSmallMaxBatch][U];
@@ -584,14 +647,16 @@ template <int KIND>
 void small_cell(const SmallCellArgs& a) {
   const int64_t macs = a.B * a.H * (KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1)) * ((a.gi_pre ? 0 : a.I) + a.H);
 #if defined(_OPENMP)
-  const int64_t blocks = (a.H + kSmallUnits - 1) / kSmallUnits;
+  // each thread's units: whole blocks of the packed copies
+  const int64_t bu = KIND != kLstm && KIND != kGru && rnn_packed(a) ? kRnnPackUnits : kSmallUnits;
+  const int64_t blocks = (a.H + bu - 1) / bu;
   const int threads = macs >= kSmallParallelMacs && blocks >= 2 ? cpu_threads(a.threads) : 1;
   if (threads > 1) {
 #pragma omp parallel num_threads(threads)
     {
       const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
       const int64_t per = (blocks + nt - 1) / nt, b0 = t * per, b1 = std::min(blocks, b0 + per);
-      if (b0 < b1) small_cell_range<KIND>(a, b0 * kSmallUnits, std::min(a.H, b1 * kSmallUnits));
+      if (b0 < b1) small_cell_range<KIND>(a, b0 * bu, std::min(a.H, b1 * bu));
     }
     return;
   }

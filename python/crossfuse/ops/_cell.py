@@ -255,9 +255,9 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
 # weakrefs, not ids, tell a tensor made anew each call (whose memory and id may be the last one's) from the same
 # tensor.
 _STEP_WEIGHTS: dict[int, list] = {}
-# LSTM and GRU weights repacked by blocks of hidden units (P[block][k][gate][unit], as the sequence's recurrence
-# streams them): every multiply-add then takes a whole vector of units, where the row-major weights need a
-# horizontal sum per unit. GRU's 3 gates are padded to 4 (ext.cpu.cell_packed_gates), so its rows of 32 weights run
+# Weights repacked by blocks of hidden units (P[block][k][gate][unit], as the sequence's recurrence streams them;
+# an RNN's blocks of 32 units as 4 gates of 8): every multiply-add then takes a whole vector of units, where the
+# row-major weights need a horizontal sum per unit. GRU's 3 gates are padded to 4 (ext.cpu.cell_packed_gates), so its rows of 32 weights run
 # on the same 512-bit kernels; with 3 gates of 8 units they ran slower than the row-major weights at B=64 H=1024
 # (5.8 ms against 4.3). On the 2-core Xeon dev VM (AVX-512), forward steps: LSTM B=8 H=256 43 us against 77,
 # B=64 H=1024 4.2 ms against 5.7 (at the AVX2 level 72 us against 109, 8.2 ms against 9.8); GRU B=8 H=256 42-43 us
@@ -285,7 +285,7 @@ def _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I, B):
             and (b_hh is None or e[3]() is b_hh)):
         w = e[4]
         if (w is not None and e[5] is None and _PACK_WEIGHTS and I
-                and (kind == "lstm" or (kind == "gru" and B <= _PACK_GRU_MAX_BATCH))):
+                and (kind != "gru" or B <= _PACK_GRU_MAX_BATCH)):
             H = w[0]  # seen twice unchanged: worth a copy
             packed = (_pack_weight(w_ih, kind, H, I), _pack_weight(w_hh, kind, H, H))
             if e[5] is None:  # the packing let other threads run: the first copy made is the one kept
@@ -316,8 +316,7 @@ def _check_step_weights(kind, w_ih, w_hh, b_ih, b_hh, I):
 
 def _pack_weight(w, kind, H, K):
     cpu = _backend.ext.cpu
-    units = cpu.cell_pack_units
-    out = torch.empty(((H + units - 1) // units) * K * cpu.cell_packed_gates(KINDS[kind]) * units, dtype=_F32)
+    out = torch.empty(cpu.cell_packed_floats(KINDS[kind], H, K), dtype=_F32)
     cpu.pack_cell_weight(KINDS[kind], H, K, w.data_ptr(), out.data_ptr())
     return out
 

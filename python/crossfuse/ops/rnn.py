@@ -79,7 +79,7 @@ def _contig(t):
     return None if t is None else t.contiguous()
 
 
-# The CPU recurrence of LSTM / GRU runs on w_hh packed by unit block; by itself it repacks w_hh on every call.
+# The CPU recurrence runs on w_hh packed by unit block; by itself it repacks w_hh on every call.
 # From the second call that sees the same, unchanged w_hh (an inference loop, not a training step) it gets a kept
 # copy instead: on the Xeon dev VM the repack took 70 us of an LSTM forward's 4 ms at T=100 B=8 H=256 and 1.4 ms at
 # H=1024. id(w_hh) -> [key, weakref to w_hh, the copy or None (seen once)], dropped with w_hh; the copy costs
@@ -90,7 +90,7 @@ _SEQ_PACKED: dict[int, list] = {}
 def _kept_packed_w_hh(kind, w_hh, T, B):
     """(the packed copy or None, its gates per k) for rnn_sequence's w_packed."""
     cpu = _backend.ext.cpu
-    if (not _cell_ops._PACK_WEIGHTS or kind not in ("lstm", "gru") or T < cpu.sequence_pack_min_steps
+    if (not _cell_ops._PACK_WEIGHTS or T < cpu.sequence_pack_min_steps
             or B > cpu.cell_pass_rows or (kind == "gru" and cpu.isa() < 4) or not w_hh.is_contiguous()):
         return None, 0  # where the C++ runs unpacked, or packs GRU's 3 gates unpadded
     try:
