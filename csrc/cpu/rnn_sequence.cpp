@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <utility>
 #include <vector>
+#include "crossfuse/cell_cpu.h"
 #include "crossfuse/cell_cpu_small.h"
 #include "crossfuse/rnn_cpu.h"
 
@@ -198,11 +199,11 @@ inline void rows_times_w_any(const float* d, int64_t B, int64_t GH, const float*
 #endif
 
 // Gate backward of step t for rows [b0, b1): writes dgi/dgh rows, the direct dh (GRU) into dh_direct and dc_prev
-// (LSTM); inactive rows get zero gates.
+// (LSTM); inactive rows get zero gates. `zeros`: H zeros, the state before the first step when none is given.
 template <int KIND>
 CF_CPU_CLONES void gates_backward(const SeqBwdArgs& s, int64_t t, const float* dh_t, const float* dc, const float* hprev,
                                   const float* cprev, const uint8_t* active, float* dh_direct, float* dc_prev,
-                                  int64_t b0, int64_t b1) {
+                                  const float* zeros, int64_t b0, int64_t b1) {
   const int64_t H = s.H, G = KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1), GH = G * H, BH = s.B * H;
   for (int64_t b = b0; b < b1; ++b) {
     float* dgi = s.dgi + t * s.B * GH + b * GH;
@@ -215,27 +216,17 @@ CF_CPU_CLONES void gates_backward(const SeqBwdArgs& s, int64_t t, const float* d
       if (KIND == kLstm) std::copy(dc + b * H, dc + (b + 1) * H, dc_prev + b * H);
       continue;
     }
+    // On the span functions, whose __restrict lets the loops vectorise (written with the row pointers here, they
+    // ran scalar: the LSTM's gate backward took as long as its dh = dG W_hh, T=100 B=8 H=256 backward 4.4 ms).
     if (KIND == kLstm) {
-      const float* w = s.ws + t * 4 * BH + b * 4 * H;
-      for (int64_t j = 0; j < H; ++j) {
-        float i = w[j], f = w[H + j], g = w[2 * H + j], o = w[3 * H + j], dcx;
-        lstm_bwd(i, f, g, o, cprev ? cprev[b * H + j] : 0.f, dh[j], dc[b * H + j], dcx);
-        dgi[j] = i; dgi[H + j] = f; dgi[2 * H + j] = g; dgi[3 * H + j] = o;
-        dc_prev[b * H + j] = dcx;
-      }
+      std::copy(s.ws + t * 4 * BH + b * 4 * H, s.ws + t * 4 * BH + (b + 1) * 4 * H, dgi);  // the saved gates stay
+      detail::lstm_bwd_span(dgi, dgi + H, dgi + 2 * H, dgi + 3 * H, cprev ? cprev + b * H : zeros, dh, dc + b * H,
+                            dc_prev + b * H, H);
     } else if (KIND == kGru) {
-      const float* w = s.ws + t * 4 * BH + b * 4 * H;
-      for (int64_t j = 0; j < H; ++j) {
-        float dr, dz, dgin, dghn, dhd;
-        gru_bwd(w[j], w[H + j], w[2 * H + j], w[3 * H + j], hprev ? hprev[b * H + j] : 0.f, dh[j], dr, dz, dgin,
-                dghn, dhd);
-        dgi[j] = dr; dgi[H + j] = dz; dgi[2 * H + j] = dgin;
-        dgh[j] = dr; dgh[H + j] = dz; dgh[2 * H + j] = dghn;
-        dh_direct[b * H + j] = dhd;
-      }
+      detail::gru_bwd_span(s.ws + t * 4 * BH + b * 4 * H, hprev ? hprev + b * H : zeros, dh, dgi, dgh,
+                           dh_direct + b * H, H);
     } else {
-      const float* y = s.hs + t * BH + b * H;
-      for (int64_t j = 0; j < H; ++j) dgi[j] = dh[j] * rnn_act_grad(KIND, y[j]);
+      detail::rnn_bwd_span<KIND>(s.hs + t * BH + b * H, dh, dgi, H);
     }
   }
 }
@@ -246,8 +237,8 @@ CF_CPU_CLONES void gates_backward(const SeqBwdArgs& s, int64_t t, const float* d
 template <int KIND>
 void sequence_backward(const SeqBwdArgs& s) {
   const int64_t T = s.T, B = s.B, H = s.H, BH = B * H, GH = (KIND == kLstm ? 4 : (KIND == kGru ? 3 : 1)) * H;
-  std::vector<float> dh(BH), dh_t(BH), dh_next(BH), direct(BH), dcs[2] = {std::vector<float>(BH),
-                                                                         std::vector<float>(BH)};
+  std::vector<float> dh(BH), dh_t(BH), dh_next(BH), direct(BH), zeros(H), dcs[2] = {std::vector<float>(BH),
+                                                                                   std::vector<float>(BH)};
   if (s.dhT) std::copy(s.dhT, s.dhT + BH, dh.begin());
   if (s.dcT) std::copy(s.dcT, s.dcT + BH, dcs[0].begin());
   const int64_t first = s.reverse ? T - 1 : 0;
@@ -286,7 +277,7 @@ void sequence_backward(const SeqBwdArgs& s) {
       }
       if (r0 < r1)
         gates_backward<KIND>(s, t, dh_t.data(), dc, hprev, cprev, s.lengths ? active.data() : nullptr,
-                             direct.data(), dc_prev, r0, r1);
+                             direct.data(), dc_prev, zeros.data(), r0, r1);
       sync();
       const float* dgh = KIND == kGru ? s.dgh + t * B * GH : s.dgi + t * B * GH;
       const int64_t rows = prefix ? active_rows(s.lengths, B, t) : B;

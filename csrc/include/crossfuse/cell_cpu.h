@@ -51,7 +51,7 @@ CF_CPU_CLONES void rnn_fwd_span(const float* __restrict pre, float* __restrict o
 }
 CF_CPU_CLONES inline void lstm_bwd_span(float* __restrict i, float* __restrict f, float* __restrict g,
                                         float* __restrict o, const float* __restrict c, const float* __restrict dh,
-                                        float* __restrict dc, float* __restrict dcx, int64_t n) {
+                                        const float* __restrict dc, float* __restrict dcx, int64_t n) {
   for (int64_t j = 0; j < n; ++j) lstm_bwd(i[j], f[j], g[j], o[j], c[j], dh[j], dc[j], dcx[j]);
 }
 CF_CPU_CLONES inline void gru_bwd_span(const float* __restrict ws, const float* __restrict h,

@@ -257,10 +257,20 @@ def layer_backward(kind, backend, dout, dhT, dcT, x, h0, c0, w_ih, w_hh, hs, cs,
     T, B, _ = x.shape
     H = w_hh.shape[1]
     GH = GATES[kind] * H
-    dgi = torch.empty((T, B, GH), dtype=x.dtype, device=x.device)
-    dgh = torch.empty((T, B, GH), dtype=x.dtype, device=x.device) if kind == "gru" else dgi
     h_first = (h0 if h0 is not None else x.new_zeros(B, H))[None]
-    hprev = torch.cat([hs[1:], h_first]) if reverse else torch.cat([h_first, hs[:-1]])  # the state before step t
+    if backend == "cpu" and x.dtype == torch.float32 and x.is_cpu:
+        # The gate gradients and the shifted states never leave this call: one reused buffer. Fresh, they cost a
+        # page fault per 4 KB (LSTM T=100 B=8 H=256: 1000 faults, about 1 ms of a 12 ms training step).
+        n, m = T * B * GH, T * B * H
+        buf = _backend.scratch((2 * n if kind == "gru" else n) + m)
+        dgi = buf[:n].view(T, B, GH)
+        dgh = buf[n:2 * n].view(T, B, GH) if kind == "gru" else dgi
+        hprev = buf[buf.numel() - m:].view(T, B, H)
+        torch.cat([hs[1:], h_first] if reverse else [h_first, hs[:-1]], out=hprev)  # the state before step t
+    else:
+        dgi = torch.empty((T, B, GH), dtype=x.dtype, device=x.device)
+        dgh = torch.empty((T, B, GH), dtype=x.dtype, device=x.device) if kind == "gru" else dgi
+        hprev = torch.cat([hs[1:], h_first]) if reverse else torch.cat([h_first, hs[:-1]])  # the state before step t
     coop = _persistent_for(backend, kind, B, H, x) if T * B * H else None
     if coop is not None:
         dh, dc = persistent_backward(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh,
