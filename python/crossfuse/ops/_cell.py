@@ -201,15 +201,15 @@ _STEP_MAX_BATCH = _backend.ext.cpu.cell_step_max_batch if _backend.ext is not No
 
 
 def _cpu_step_plan(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    """What the single-call C++ step (cpu backend, fp32, small batch, unit-stride rows) needs to run these
+    """(x a 2-D CPU tensor) What the single-call C++ step (cpu backend, fp32, small batch, unit-stride rows) needs to run these
     arguments: (B, I, H, x's, hx's and cx's row strides, _step_weights' answer), or None where it does not take
     them (the general path, with its full checks, runs instead). At these sizes the Python around the kernel
     costs as much as the kernel: the weights' checks are cached (_step_weights) and every check here is a cheap
     attribute test (about 0.1 us each)."""
     f32 = _F32
-    if x.dtype is not f32 or x.ndim != 2:
+    if x.dtype is not f32:
         return None
-    B, I = x.shape
+    B, I = x.shape  # 2-D: the callers' test
     sx = x.stride()
     if B > _STEP_MAX_BATCH or sx[1] != 1:
         return None
