@@ -295,3 +295,49 @@ def test_cpu_fused_passes_equal_the_torch_ones(monkeypatch, Ma, Nb, both, siglip
         finite = want[torch.isfinite(want)].abs()  # sums of up to ~1e3: fp32 rounding, per magnitude
         atol = 1e-5 * max(finite.max().item() if finite.numel() else 1.0, 1.0)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("Ma,Nb", [(70, 45), (1, 1), (40, 0), (0, 17), (1100, 9)])
+def test_siglip_cpu_forward_gradients_equal_the_backward_ones(Ma, Nb):
+    """SigLIP on the fused CPU passes, summed: the forward makes dA and dB for unit row weights from its own chunks
+    of S (two chunks of rows at Ma = 1100): the statistics and gradients of the separate forward and backward."""
+    C = sys.modules["crossfuse.ops.contrastive_loss"]
+    torch.manual_seed(0)
+    a, b = torch.randn(Ma, 13), torch.randn(Nb, 13)
+    la, lb = torch.randint(0, 4, (Ma,)), torch.randint(0, 4, (Nb,))
+    sa, da, db = C._siglip_with_grads_cpu(a, b, la, lb, 30.0, -2.0)
+    want_sa = C._rows_cpu(a, b, la, lb, 30.0, -2.0, True)
+    want = C._grads_cpu(a, b, la, lb, want_sa, torch.ones(Ma), None, None, 30.0, -2.0, 0.0, True)
+    torch.testing.assert_close(sa, want_sa)
+    for name, got, w in zip(("dA", "dB"), (da, db), want):
+        torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-5 * max(1.0, w.abs().max().item() if w.numel() else 1),
+                                   msg=name)
+
+
+def test_siglip_cpu_uses_the_forward_gradients_only_for_equal_row_weights(monkeypatch):
+    """A summed or averaged SigLIP loss (the module's too) takes the gradients its forward made: no second pass over
+    S. Per-sample losses with unequal weights, and no-grad calls, do not make them; values match the reference."""
+    C = sys.modules["crossfuse.ops.contrastive_loss"]
+    made, recomputed = [], []
+    real_pre, real_bwd = C._siglip_with_grads_cpu, C._grads_cpu
+    monkeypatch.setattr(C, "_siglip_with_grads_cpu", lambda *a: made.append(1) or real_pre(*a))
+    monkeypatch.setattr(C, "_grads_cpu", lambda *a: recomputed.append(1) or real_bwd(*a))
+    I, T = _embeddings(9, 5, torch.float32, "cpu")
+    sc, bias = torch.tensor(10.0), torch.tensor(-5.0)
+    for reduction, cot, pre in (("mean", torch.tensor(0.7), True), ("sum", torch.tensor(-2.0), True),
+                                ("none", torch.randn(9), False), ("none", torch.full((9,), 0.3), False)):
+        made.clear(), recomputed.clear()
+        kw = dict(kind="siglip", reduction=reduction)
+        got, g = _run(crossfuse.ops.contrastive_loss, I, T, sc, bias, cot.double(), backend="cpu", **kw)
+        ref, ref_g = _run(lambda i, t, s, logit_bias=None, **k: ref_loss(i, t, s, logit_bias, **k), I.double(),
+                          T.double(), sc.double(), bias.double(), cot.double(), **kw)
+        assert (made, recomputed) == (([1], []) if pre else ([], [1])), reduction
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+        for a, r in zip(g, ref_g):
+            torch.testing.assert_close(a.double(), r, rtol=1e-4, atol=1e-5)
+    made.clear()
+    with torch.no_grad():
+        crossfuse.ops.contrastive_loss(I, T, sc, logit_bias=bias, kind="siglip", backend="cpu")
+    loss = crossfuse.nn.SigLipLoss()(leaf_like(I), leaf_like(T), sc, bias)
+    loss.backward()
+    assert made == [1]  # the module's sum, not the no-grad call

@@ -102,6 +102,6 @@ class SigLipLoss(_Base):
             offset = self.rank * B
         la = self._labels(B, offset, device)
         lb = torch.arange(txt_all.shape[0], device=device)
-        loss = (direction_losses("siglip", image_features, txt_all, la, lb, scale, bias, 0.0, backend).sum()
+        loss = (direction_losses("siglip", image_features, txt_all, la, lb, scale, bias, 0.0, backend, True).sum()
                 / max(B, 1)).to(image_features.dtype)
         return {"contrastive_loss": loss} if output_dict else loss

@@ -73,17 +73,56 @@ def _rows_cpu(a, b, la, lb, scale, bias, siglip):
     return stats
 
 
+def _chunk_stats(siglip, s, r0, la, lb, scale, bias, row, col):
+    """The fused C++ forward pass over a chunk s of raw scores (rows r0...; la, lb int64): its rows' statistics
+    into row, CLIP's pair's running column statistics into col (or None)."""
+    _backend.ext.cpu.contrastive_chunk_forward(siglip, s.shape[0], s.shape[1], s.stride(0), scale, bias,
+                                               s.data_ptr(), la[r0:].data_ptr(), lb.data_ptr(), row[r0:].data_ptr(),
+                                               0 if col is None else col.data_ptr(), torch.get_num_threads())
+
+
+def _chunk_dscores(siglip, s, r0, la, lb, scale, bias, sa, wa, sb, wb, Ma, eps):
+    """dS in place over a chunk s of raw scores (rows r0...): the rows' terms times wa, with sb the columns'."""
+    Nb = s.shape[1]
+    _backend.ext.cpu.contrastive_chunk_dscores(
+        siglip, s.shape[0], Nb, s.stride(0), scale, bias, s.data_ptr(), la[r0:].data_ptr(), lb.data_ptr(),
+        s.data_ptr(), sa[r0:].data_ptr(), wa[r0:].data_ptr(), Nb, 0 if sb is None else sb.data_ptr(),
+        0 if wb is None else wb.data_ptr(), Ma, eps, torch.get_num_threads())
+
+
+def _chunk_grads(ds, af, bf, rows, da, db):
+    """A chunk of rows' dS into dA (its rows) and dB (accumulated), both before the scale."""
+    _gemm.mm(ds, bf, out=da[rows])
+    _gemm.mm(ds.t(), af[rows], out=db, beta=1.0)
+
+
 def _fused_forward(siglip, a, b, la, lb, scale, bias, row, col):
     """The fused C++ forward over S's row chunks (fp32): the rows' statistics into row (Ma, 6) and, for CLIP's
     pair, the columns' running statistics into col (6, Nb), else None."""
     bf, chunk = b.float(), _chunk(b.shape[0])
     la, lb = la.to(torch.int64).contiguous(), lb.to(torch.int64).contiguous()
     for r0 in range(0, a.shape[0], chunk):
-        s = _gemm.mm(a[r0:r0 + chunk], bf.t())
-        _backend.ext.cpu.contrastive_chunk_forward(siglip, s.shape[0], bf.shape[0], s.stride(0), scale, bias,
-                                                   s.data_ptr(), la[r0:].data_ptr(), lb.data_ptr(),
-                                                   row[r0:].data_ptr(), 0 if col is None else col.data_ptr(),
-                                                   torch.get_num_threads())
+        _chunk_stats(siglip, _gemm.mm(a[r0:r0 + chunk], bf.t()), r0, la, lb, scale, bias, row, col)
+
+
+def _siglip_with_grads_cpu(a, b, la, lb, scale, bias):
+    """SigLIP's row statistics and, from the same chunks of S, the gradients of A and B for unit row weights
+    (a sum of the row losses): three GEMMs over S, where a forward and a backward apart take four (the backward
+    computes S again). fp32 on the fused C++ passes."""
+    Ma, D = a.shape
+    Nb = b.shape[0]
+    stats = torch.zeros((Ma, STATS), dtype=torch.float32)
+    da, db = torch.empty((Ma, D), dtype=torch.float32), torch.zeros((Nb, D), dtype=torch.float32)
+    ones = torch.ones(Ma, dtype=torch.float32)
+    la, lb = la.to(torch.int64).contiguous(), lb.to(torch.int64).contiguous()
+    chunk = _chunk(Nb)
+    for r0 in range(0, Ma, chunk):
+        rows = slice(r0, r0 + chunk)
+        s = _gemm.mm(a[rows], b.t())
+        _chunk_stats(True, s, r0, la, lb, scale, bias, stats, None)
+        _chunk_dscores(True, s, r0, la, lb, scale, bias, stats, ones, None, None, Ma, 0.0)
+        _chunk_grads(s, a, b, rows, da, db)
+    return stats, da.mul_(scale), db.mul_(scale)
 
 
 def _fused(a):
@@ -148,18 +187,14 @@ def _grads_cpu(a, b, la, lb, sa, wa, sb, wb, scale, bias, eps, siglip):
         rows = slice(r0, r0 + chunk)
         if fused:  # dS in place over the raw scores, both directions' terms in one pass
             ds = _gemm.mm(af[rows], bf.t())
-            _backend.ext.cpu.contrastive_chunk_dscores(
-                siglip, ds.shape[0], Nb, ds.stride(0), scale, bias, ds.data_ptr(), la[r0:].data_ptr(), lb.data_ptr(),
-                ds.data_ptr(), sa[r0:].data_ptr(), wa[r0:].data_ptr(), Nb, 0 if sb is None else sb.data_ptr(),
-                0 if wb is None else wb.data_ptr(), Ma, eps, torch.get_num_threads())
+            _chunk_dscores(siglip, ds, r0, la, lb, scale, bias, sa, wa, sb, wb, Ma, eps)
         else:
             s = _gemm.mm(af[rows], bf.t()).mul_(scale).add_(bias)
             same = la[rows, None] == lb[None, :]
             ds = _dterm_cpu(s, same, sa[rows, 0:1], sa[rows, 2:3], wa[rows, None], eps, Nb, siglip)
             if sb is not None:
                 ds += _dterm_cpu(s, same, sb[None, :, 0], sb[None, :, 2], wb[None, :], eps, Ma, siglip)
-        _gemm.mm(ds, bf, out=da[rows])
-        _gemm.mm(ds.t(), af[rows], out=db, beta=1.0)
+        _chunk_grads(ds, af, bf, rows, da, db)
     return da.mul_(scale), db.mul_(scale)
 
 
@@ -182,9 +217,17 @@ def _scale_bias_sums(stats, Nb, bias, eps, siglip):
     return stats[:, 4] - t_dot_s - bias * g2, g2
 
 
-def _forward(kind, backend, eps, both, a, b, la, lb, scale, bias):
+def _with_grads(kind, backend, both, pre, a):
+    """Whether the forward also makes the gradients (see _rows_op): asked for, SigLIP on the fused CPU passes."""
+    return pre and kind == "siglip" and not both and backend == "cpu" and _fused(a)
+
+
+def _forward(kind, backend, eps, both, pre, a, b, la, lb, scale, bias):
     siglip = kind == "siglip"
     Ma, Nb = a.shape[0], b.shape[0]
+    if _with_grads(kind, backend, both, pre, a):
+        sa, da, db = _siglip_with_grads_cpu(a, b, la, lb, scale, bias)
+        return _row_losses(sa, Nb, eps, True), sa.new_empty((0,)), sa, sa.new_empty((0, STATS)), da, db
     if backend == "triton":
         la, lb = la.to(torch.int32), lb.to(torch.int32)  # 32-bit ids: fewer registers in the kernels
         sa, sb = _kernels().stats(a, b, la, lb, scale, bias, siglip, both)
@@ -194,8 +237,20 @@ def _forward(kind, backend, eps, both, a, b, la, lb, scale, bias):
         sa = _rows_cpu(a, b, la, lb, scale, bias, siglip)
         sb = _rows_cpu(b, a, lb, la, scale, bias, siglip) if both else None
     if not both:
-        return _row_losses(sa, Nb, eps, siglip), sa.new_empty((0,)), sa, sa.new_empty((0, STATS))
-    return _row_losses(sa, Nb, eps, siglip), _row_losses(sb, Ma, eps, siglip), sa, sb
+        sb = sa.new_empty((0, STATS))
+    none = [sa.new_empty((0,)) for _ in range(3)]  # distinct tensors: a custom op's outputs must not alias
+    return _row_losses(sa, Nb, eps, siglip), _row_losses(sb, Ma, eps, siglip) if both else none[0], sa, sb, *none[1:]
+
+
+def _scale_bias_grads(siglip, eps, wa, wb, Ma, Nb, scale, bias, sa, sb):
+    """d loss / d scale and d bias from the rows' statistics and weights (wb, sb: the columns', or None)."""
+    g1, g2 = _scale_bias_sums(sa, Nb, bias, eps, siglip)
+    dscale, dbias = (wa * g1).sum(), (wa * g2).sum()
+    if sb is not None:
+        g1, g2 = _scale_bias_sums(sb, Ma, bias, eps, siglip)
+        dscale, dbias = dscale + (wb * g1).sum(), dbias + (wb * g2).sum()
+    dscale = dscale / scale if scale != 0 else dscale * 0
+    return dscale.reshape(()), dbias.reshape(())
 
 
 def _backward_impl(kind, backend, eps, both, ga, gb, a, b, la, lb, scale, bias, sa, sb):
@@ -208,32 +263,31 @@ def _backward_impl(kind, backend, eps, both, ga, gb, a, b, la, lb, scale, bias, 
         da, db = _kernels().grads(a, b, la, lb, sa, wa, sb, wb, scale, bias, eps, siglip)
     else:
         da, db = _grads_cpu(a, b, la, lb, sa, wa, sb, wb, scale, bias, eps, siglip)
-    g1, g2 = _scale_bias_sums(sa, b.shape[0], bias, eps, siglip)
-    dscale, dbias = (wa * g1).sum(), (wa * g2).sum()
-    if both:
-        g1, g2 = _scale_bias_sums(sb, a.shape[0], bias, eps, siglip)
-        dscale, dbias = dscale + (wb * g1).sum(), dbias + (wb * g2).sum()
-    dscale = dscale / scale if scale != 0 else dscale * 0
-    return da.to(a.dtype), db.to(b.dtype), dscale.reshape(()), dbias.reshape(())
+    dscale, dbias = _scale_bias_grads(siglip, eps, wa, wb, a.shape[0], b.shape[0], scale, bias, sa, sb)
+    return da.to(a.dtype), db.to(b.dtype), dscale, dbias
 
 
 # One direction (rows of A against all of B) or both (also rows of B against all of A: CLIP's symmetric loss,
 # whose backward then forms both directions' dS in one pass) as a torch.library custom op (eager autograd and
 # torch.compile both run it): per-row losses, differentiable in A, B, scale and bias. scale and bias travel as
-# 0-d tensors, read once on the host.
+# 0-d tensors, read once on the host. `pre` (the caller's word that a backward will follow with the same weight
+# on every row, as a sum or mean of the losses gives): where _with_grads, the forward also makes the gradients of
+# A and B for unit row weights from the chunks of S it has anyway (the last two outputs, else empty), and a
+# backward with equal row weights scales them instead of computing S again.
 @torch.library.custom_op("crossfuse::contrastive_rows", mutates_args=())
-def _rows_op(kind: str, backend: str, eps: float, both: bool, a: torch.Tensor, b: torch.Tensor, la: torch.Tensor,
-             lb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _forward(kind, backend, eps, both, a, b, la, lb, float(scale), float(bias))
+def _rows_op(kind: str, backend: str, eps: float, both: bool, pre: bool, a: torch.Tensor, b: torch.Tensor,
+             la: torch.Tensor, lb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(kind, backend, eps, both, pre, a, b, la, lb, float(scale), float(bias))
 
 
 @_rows_op.register_fake
-def _(kind, backend, eps, both, a, b, la, lb, scale, bias):
+def _(kind, backend, eps, both, pre, a, b, la, lb, scale, bias):
     Nb = b.shape[0] if both else 0
     f32 = dict(dtype=torch.float32)
+    grads = ((a.shape, b.shape) if _with_grads(kind, backend, both, pre, a) else ((0,), (0,)))
     return (a.new_empty((a.shape[0],), **f32), a.new_empty((Nb,), **f32), a.new_empty((a.shape[0], STATS), **f32),
-            a.new_empty((Nb, STATS), **f32))
+            a.new_empty((Nb, STATS), **f32), a.new_empty(grads[0], **f32), a.new_empty(grads[1], **f32))
 
 
 @torch.library.custom_op("crossfuse::contrastive_rows_backward", mutates_args=())
@@ -250,32 +304,43 @@ def _(kind, backend, eps, both, ga, gb, a, b, la, lb, scale, bias, sa, sb):
 
 
 def _setup_context(ctx, inputs, output):
-    kind, backend, eps, both, a, b, la, lb, scale, bias = inputs
+    kind, backend, eps, both, _, a, b, la, lb, scale, bias = inputs
     ctx.args = (kind, backend, eps, both)
-    ctx.save_for_backward(a, b, la, lb, scale, bias, output[2], output[3])
+    ctx.save_for_backward(a, b, la, lb, scale, bias, output[2], output[3], output[4], output[5])
 
 
-def _backward(ctx, ga, gb, _dsa, _dsb):
-    a, b, la, lb, scale, bias, sa, sb = ctx.saved_tensors
+def _backward(ctx, ga, gb, _dsa, _dsb, _dda, _ddb):
+    a, b, la, lb, scale, bias, sa, sb, da1, db1 = ctx.saved_tensors
     if gb is None:
         gb = sb.new_zeros((sb.shape[0],))
     if ga is None:
         ga = sa.new_zeros((sa.shape[0],))
-    da, db, dscale, dbias = _rows_backward_op(*ctx.args, ga, gb, a, b, la, lb, scale, bias, sa, sb)
-    return None, None, None, None, da, db, None, None, dscale.to(scale.dtype), dbias.to(bias.dtype)
+    w = ga[:1].float()
+    if da1.dim() == 2 and bool((ga == w).all()):  # the forward's gradients, for equal row weights w
+        kind, _, eps, _ = ctx.args
+        dscale, dbias = _scale_bias_grads(kind == "siglip", eps, ga.float(), None, a.shape[0], b.shape[0],
+                                          float(scale), float(bias), sa, None)
+        w = w.reshape(()) if w.numel() else w.new_zeros(())
+        da, db = (da1 * w).to(a.dtype), (db1 * w).to(b.dtype)
+    else:
+        da, db, dscale, dbias = _rows_backward_op(*ctx.args, ga, gb, a, b, la, lb, scale, bias, sa, sb)
+    return None, None, None, None, None, da, db, None, None, dscale.to(scale.dtype), dbias.to(bias.dtype)
 
 
 _rows_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def direction_losses(kind, a, b, la, lb, scale, bias, eps, backend):
-    """The per-row losses of one direction (rows of a against all of b); scale / bias are 0-d fp32 tensors."""
-    return _rows_op(kind, backend, float(eps), False, a, b, la, lb, scale, bias)[0]
+def direction_losses(kind, a, b, la, lb, scale, bias, eps, backend, summed=False):
+    """The per-row losses of one direction (rows of a against all of b); scale / bias are 0-d fp32 tensors.
+    summed: the caller sums or averages them (every row's loss then gets the same gradient weight)."""
+    pre = summed and torch.is_grad_enabled() and (a.requires_grad or b.requires_grad) \
+        and not torch.compiler.is_compiling()
+    return _rows_op(kind, backend, float(eps), False, pre, a, b, la, lb, scale, bias)[0]
 
 
 def pair_losses(kind, a, b, la, lb, scale, bias, eps, backend):
     """The per-row losses of both directions, (rows of a against b, rows of b against a), in one op."""
-    out = _rows_op(kind, backend, float(eps), True, a, b, la, lb, scale, bias)
+    out = _rows_op(kind, backend, float(eps), True, False, a, b, la, lb, scale, bias)
     return out[0], out[1]
 
 
@@ -349,7 +414,7 @@ def contrastive_loss(image_emb, text_emb, logit_scale, *, logit_bias=None, kind=
         i2t, t2i = pair_losses(kind, image_emb, text_emb, lab, lab, scale, b, eps, chosen)
         rows = 0.5 * (i2t + t2i)
     else:
-        rows = direction_losses(kind, image_emb, text_emb, lab, lab, scale, b, eps, chosen)
+        rows = direction_losses(kind, image_emb, text_emb, lab, lab, scale, b, eps, chosen, reduction != "none")
     if reduction == "none":
         return rows.to(image_emb.dtype)
     return (rows.sum() if reduction == "sum" else rows.mean()).to(image_emb.dtype)
