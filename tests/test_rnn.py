@@ -69,13 +69,16 @@ def test_layer_against_reference(kind, backend, device, dtype, T, B, I, H, lengt
 
 # The CPU recurrence's packed GEMV at each instruction-set level: AVX-512 takes rows in groups of up to 8 (B 11:
 # 8 + 3; B 16: 8 + 8), one or two rows with k split over accumulator sets; unit blocks with a partial one (H 37;
-# the RNN's blocks of 32 units: H 37, 40, 137 and 300 end in one, 24 is one).
+# the RNN's blocks of 32 units: H 37, 40, 137 and 300 end in one, 24 is one; 37 rows: passes of 16).
 # (the last two: the backward's dh = dG W_hh on 64-column blocks with AVX-512, split by rows (9 rows: groups of 4
 # and 1) and by columns (3 rows, H = 300: blocks and tails on both threads))
 ISA_SHAPES = [(5, 1, 29, 37, None, False, True), (4, 2, 16, 40, (4, 1), True, True),
               (5, 11, 29, 37, None, False, False), (4, 16, 8, 24, (4, 3, 0, 4, 1, 2, 4, 4, 3, 2, 1, 4, 4, 2, 3, 4),
                                                     False, True),
-              (3, 9, 8, 137, (3, 1, 3, 0, 2, 3, 3, 1, 2), False, True), (3, 3, 5, 300, None, True, True)]
+              (3, 9, 8, 137, (3, 1, 3, 0, 2, 3, 3, 1, 2), False, True), (3, 3, 5, 300, None, True, True),
+              # past one pass of rows (16 + 16 + 5), packed too: unsorted lengths, then the prefix of a packed batch
+              (4, 37, 6, 40, tuple((i * 7) % 5 for i in range(37)), False, True),
+              (5, 37, 6, 21, tuple(sorted(((i * 3) % 6 for i in range(37)), reverse=True)), True, False)]
 
 
 @pytest.mark.parametrize("isa", isa_cases())

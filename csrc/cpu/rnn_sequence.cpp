@@ -12,6 +12,16 @@ namespace crossfuse {
 
 void cell_step_range_cpu(const SmallCellArgs&, int64_t, int64_t);  // csrc/cpu/cell_step.cpp
 
+// GRU's copy (its 3 gates padded to 4 with AVX-512) past one pass of rows only up to this hidden size: on the Xeon
+// dev VM, forward T=50 B=32/64 H=512 1.17/0.97x -> 1.25/1.01x torch.nn's, but T=20 B=64 H=1024 0.99 -> 0.93x.
+constexpr int64_t kGruPackMaxHidden = 512;
+
+// Past one pass of rows too: there the row-dot GEMV's 4 x 3 tiles ran LSTM T=50 B=32 H=512 at 0.75x torch.nn's
+// forward (packed: 0.94x), B=64 0.69x (0.84x), T=50 B=256 H=256 0.61x (0.87x); RNN T=50 B=256 H=256 0.66x (0.97x).
+bool sequence_packs(int kind, int64_t T, int64_t B, int64_t H) {
+  return T >= kPackMinSteps && (B <= kSmallMaxBatch || kind != kGru || H <= kGruPackMaxHidden);
+}
+
 namespace {
 // (threads, this thread's index) inside a parallel region; (1, 0) without OpenMP.
 std::pair<int64_t, int64_t> thread_slot() {
@@ -46,7 +56,7 @@ void rnn_sequence_cpu(const SeqArgs& s) {
   const int64_t G = s.kind == kLstm ? 4 : (s.kind == kGru ? 3 : 1);
   // Over several steps, repack R by unit block once (each thread its own blocks), so that each step streams it
   // contiguously and sums whole vectors of units (an RNN's blocks of kRnnPackUnits as LSTM's 4 gates).
-  const bool pack = T >= kPackMinSteps && B <= kSmallMaxBatch;
+  const bool pack = sequence_packs(s.kind, T, B, H);
   const int64_t bu = pack && G == 1 ? kRnnPackUnits : kSmallUnits;  // units per block; a thread owns whole blocks
   const int64_t blocks = (H + bu - 1) / bu;
   const int threads = B * G * H * H >= kSmallParallelMacs && blocks >= 2 ? cpu_threads(s.threads) : 1;

@@ -4,8 +4,10 @@
 
 namespace crossfuse {
 
-// LSTM/GRU sequences from this many steps (and up to kSmallMaxBatch rows) run on w_hh packed by unit block.
+// Sequences from this many steps run on w_hh packed by unit block (see sequence_packs).
 constexpr int64_t kPackMinSteps = 4;  // the repack costs about one step's weight traffic
+// Whether the recurrence of `kind` runs on a packed w_hh (csrc/cpu/rnn_sequence.cpp).
+bool sequence_packs(int kind, int64_t T, int64_t B, int64_t H);
 
 struct SeqArgs {
   int kind = 0;

@@ -90,8 +90,8 @@ _SEQ_PACKED: dict[int, list] = {}
 def _kept_packed_w_hh(kind, w_hh, T, B):
     """(the packed copy or None, its gates per k) for rnn_sequence's w_packed."""
     cpu = _backend.ext.cpu
-    if (not _cell_ops._PACK_WEIGHTS or T < cpu.sequence_pack_min_steps
-            or B > cpu.cell_pass_rows or (kind == "gru" and cpu.isa() < 4) or not w_hh.is_contiguous()):
+    if (not _cell_ops._PACK_WEIGHTS or not cpu.sequence_packs(KINDS[kind], T, B, w_hh.shape[1])
+            or (kind == "gru" and cpu.isa() < 4) or not w_hh.is_contiguous()):
         return None, 0  # where the C++ runs unpacked, or packs GRU's 3 gates unpadded
     try:
         key = (w_hh._version, w_hh.data_ptr(), w_hh.shape)
