@@ -6,6 +6,7 @@
 #include <vector>
 #include "crossfuse/cell_cpu.h"
 #include "crossfuse/cell_cpu_small.h"
+#include "crossfuse/gemm_cpu.h"
 #include "crossfuse/rnn_cpu.h"
 
 namespace crossfuse {
@@ -241,6 +242,15 @@ CF_CPU_CLONES void gates_backward(const SeqBwdArgs& s, int64_t t, const float* d
   }
 }
 
+// Whether a thread's rows of dh = dG W_hh (W_hh: GH x H) run as one GEMM on the BLAS torch shares: the 4-row tiles
+// stream W_hh from L2 once per 4 rows (or from memory, once it outgrows L2), where the GEMM keeps blocks of it in
+// cache. LSTM reverse-time loop on the Xeon VM, T=100: B=8 H=512 18.8 -> 13.8 ms, B=16 H=512 39 -> 18.3 ms, B=4
+// H=256 1.84 -> 1.57 ms, T=50 B=64 H=512 82 -> 26 ms; 4 rows of a W_hh up to 1 MB stay on the tiles (B=8 H=256
+// 1.95 ms against 2.03, H=128 0.53 against 0.59). Without that BLAS, crossfuse's GEMM would repack W_hh every step.
+bool rows_gemm(int64_t rows, int64_t GH, int64_t H) {
+  return has_blas_sgemm() && rows > 0 && (rows != 4 || GH * H > (int64_t(1) << 18));
+}
+
 // One parallel region for the whole reverse-time loop, split by rows where each thread gets two or more, with
 // no barrier (a row's gradients never read another row's); else the gate math by rows and dh_prev = dG R by
 // columns, with a barrier after each.
@@ -293,7 +303,10 @@ void sequence_backward(const SeqBwdArgs& s) {
       const int64_t rows = prefix ? active_rows(s.lengths, B, t) : B;
       if (by_rows) {
         const int64_t r1a = std::min(r1, rows);
-        if (r0 < r1a) rows_times_w_any(dgh + r0 * GH, r1a - r0, GH, s.w_hh, H, 0, H, dh_next.data() + r0 * H);
+        if (rows_gemm(r1a - r0, GH, H))
+          sgemm_one_thread(r1a - r0, H, GH, 1.f, dgh + r0 * GH, GH, 1, s.w_hh, H, 1, 0.f, dh_next.data() + r0 * H, H);
+        else if (r0 < r1a)
+          rows_times_w_any(dgh + r0 * GH, r1a - r0, GH, s.w_hh, H, 0, H, dh_next.data() + r0 * H);
       } else if (k0 < k1 && rows > 0) {
         rows_times_w_any(dgh, rows, GH, s.w_hh, H, k0, k1, dh_next.data());
       }
