@@ -172,8 +172,9 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release nogil;
     cell_step_cpu(a);
   });
-  // A cell weight (G*H, K), row-major, repacked by blocks of cell_pack_units hidden units for cell_step
-  // (w_ih_packed / w_hh_packed) of a `kind`: out holds ceil(H / units) * K * cell_packed_gates(kind) * units floats.
+  // A cell weight (G*H, K), row-major, repacked by blocks of hidden units (8 of each gate; an RNN's 32) for
+  // cell_step (w_ih_packed / w_hh_packed) and rnn_sequence (w_packed) of a `kind`: out holds
+  // cell_packed_floats(kind, H, K) floats.
   cpu.def("pack_cell_weight", [](int kind, int64_t H, int64_t K, uintptr_t w, uintptr_t out) {
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("pack_cell_weight: wrong kind");
     if (H < 0 || K < 0) throw std::invalid_argument("pack_cell_weight: negative size");
