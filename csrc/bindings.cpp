@@ -201,12 +201,14 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cell_step_max_batch") = kStepMaxBatch;
   // One layer, one direction, fp32: the time loop of rnn/lstm/gru (kind as in cell_step). gi (T, B, G*H) holds the
   // input gates x W_ih^T (b_ih folded in, or passed to be added per step); hs/cs (T, B, H) receive the states,
-  // ws (T, B, 4H) the activated gates; w_packed (0 = none): w_hh already packed, packed_gates gates per k.
+  // ws (T, B, 4H) the activated gates; w_packed (0 = none): w_hh already packed, packed_gates gates per k;
+  // gi_rows (0 = none; lengths that never increase): gi holds only the rows going at each step (SeqArgs).
   cpu.def("rnn_sequence", [](int kind, int64_t T, int64_t B, int64_t H, uintptr_t gi, int64_t sgt, int64_t sgb,
                              uintptr_t w_hh, uintptr_t b_ih, uintptr_t b_hh, uintptr_t h0, uintptr_t c0,
                              uintptr_t lengths, bool reverse, uintptr_t hs, uintptr_t cs, uintptr_t ws,
-                             int nthreads, uintptr_t w_packed, int64_t packed_gates) {
+                             int nthreads, uintptr_t w_packed, int64_t packed_gates, uintptr_t gi_rows) {
     if (T < 0 || B < 0 || H < 0) throw std::invalid_argument("rnn_sequence: negative size");
+    if (gi_rows && !lengths) throw std::invalid_argument("rnn_sequence: gi_rows needs lengths");
     if (kind < kRnnTanh || kind > kGru) throw std::invalid_argument("rnn_sequence: wrong kind");
     if (T * B * H > 0 && (!gi || !w_hh || !hs || (kind == kLstm && !cs)))
       throw std::invalid_argument("rnn_sequence: missing pointer");
@@ -220,6 +222,7 @@ PYBIND11_MODULE(_C, m) {
     s.hs = reinterpret_cast<float*>(hs); s.cs = reinterpret_cast<float*>(cs); s.ws = reinterpret_cast<float*>(ws);
     s.threads = nthreads;
     s.w_packed = f(w_packed); s.packed_gates = packed_gates;
+    s.gi_rows = reinterpret_cast<const int64_t*>(gi_rows);
     if (T * B * H == 0) return;
     py::gil_scoped_release nogil;
     rnn_sequence_cpu(s);

@@ -278,6 +278,29 @@ def test_packed_unsorted_and_lengths_match_each_sequence_alone(cls):
 
 
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_packed_inference_matches_torch_nn(cls):
+    """No-grad inference on a PackedSequence (unsorted lengths, two bidirectional layers): the input projection of
+    the rows still going only (enough padding at T x B = 108), the outputs past each length left as they come (the
+    re-packing drops them); padded input with lengths= still gets zeros there."""
+    torch.manual_seed(3)
+    m = getattr(crossfuse.nn, cls)(5, 7, num_layers=2, bidirectional=True)
+    theirs = getattr(torch.nn, cls)(5, 7, num_layers=2, bidirectional=True)
+    theirs.load_state_dict(m.state_dict())
+    T, B = 12, 9
+    lengths = torch.tensor([3, 12, 1, 7, 5, 12, 2, 9, 4])
+    x = torch.randn(T, B, 5)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    with torch.no_grad():
+        (out, st), (want, want_st) = m(packed), theirs(packed)
+        out_l, _ = m(x, lengths=lengths)
+    torch.testing.assert_close(out.data, want.data, atol=1e-5, rtol=1e-5)
+    for a, b in zip(st if isinstance(st, tuple) else (st,), want_st if isinstance(want_st, tuple) else (want_st,)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for b in range(B):
+        assert (out_l[int(lengths[b]):, b] == 0).all()
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
 def test_packed_unsorted_with_states_and_gradients_match_torch_nn(cls):
     """A PackedSequence of unsorted lengths runs in its packed (sorted) order, the caller's initial states moved
     into it and the final states back: outputs, final states and the gradients of the data, h0 (and c0) as

@@ -2,6 +2,7 @@
 // projection of all steps is one torch GEMM done before; here the time loop runs in C++, each step one fused
 // pass (R.h GEMV tiles + gate math, OpenMP over hidden-unit blocks) from crossfuse/cell_cpu_small.h.
 #include <algorithm>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 #include "crossfuse/cell_cpu.h"
@@ -71,6 +72,8 @@ void rnn_sequence_cpu(const SeqArgs& s) {
   // With prefix lengths a step runs on its active rows alone and the others carry their state (random lengths:
   // about half the rows' work).
   const bool prefix = prefix_lengths(s.lengths, B);
+  if (s.gi_rows && !prefix) throw std::invalid_argument("rnn_sequence: gi_rows needs lengths that never increase");
+  auto gi_at = [&](int64_t t) { return s.gi_rows ? s.gi + s.gi_rows[t] * s.sgb : s.gi + t * s.sgt; };
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
@@ -92,8 +95,8 @@ void rnn_sequence_cpu(const SeqArgs& s) {
       a.cx = step == 0 ? s.c0 : (s.cs ? s.cs + p * BH : nullptr);
       a.sh = a.sc = a.shy = a.scy = H;
       a.w_hh = s.w_hh; a.b_hh = s.b_hh; a.b_ih = s.b_ih;
-      a.gi_pre = s.gi + t * s.sgt; a.sgi = s.sgb;
-      if (step + 1 < T) a.gi_next = s.gi + (s.reverse ? t - 1 : t + 1) * s.sgt;
+      a.gi_pre = gi_at(t); a.sgi = s.sgb;
+      if (step + 1 < T) a.gi_next = gi_at(s.reverse ? t - 1 : t + 1);
       a.hy = s.hs + t * BH;
       a.cy = s.cs ? s.cs + t * BH : nullptr;
       a.ws = s.ws ? s.ws + t * 4 * BH : nullptr; a.sws = 4 * H;

@@ -26,6 +26,9 @@ struct SeqArgs {
   // where the sequence runs on packed weights with that many gates per k, instead of packing them again.
   const float* w_packed = nullptr;
   int64_t packed_gates = 0;
+  // With lengths that never increase, gi may hold only the rows still going at each step, one step after the
+  // other (a PackedSequence's layout): step t's first row at gi + gi_rows[t] * sgb. Null: gi + t * sgt.
+  const int64_t* gi_rows = nullptr;
 };
 
 void rnn_sequence_cpu(const SeqArgs& s);

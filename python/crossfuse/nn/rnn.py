@@ -82,7 +82,7 @@ class _Layers(torch.nn.Module):
         w = self._flat_weights
         return [w[i:i + per] for i in range(0, len(w), per)]
 
-    def _run_layer(self, li, d, x, h0, c0, lengths):
+    def _run_layer(self, li, d, x, h0, c0, lengths, zero_past=True):
         sfx = f"_l{li}" + ("_reverse" if d else "")
         p = self._parameters
         w = (p["weight_ih" + sfx], p["weight_hh" + sfx], p.get("bias_ih" + sfx), p.get("bias_hh" + sfx))
@@ -90,7 +90,8 @@ class _Layers(torch.nn.Module):
         if self.proj_size or ln is not None:
             return step_layer(self._kind, x, h0, c0, *w, lengths=lengths, reverse=d == 1,
                               w_hr=p.get("weight_hr" + sfx), ln=ln, backend=self.backend)
-        return layer(self._kind, x, h0, c0, *w, lengths=lengths, reverse=d == 1, backend=self.backend)
+        return layer(self._kind, x, h0, c0, *w, lengths=lengths, reverse=d == 1, backend=self.backend,
+                     zero_past=zero_past)
 
     def _norms(self, sfx):
         return None
@@ -153,7 +154,7 @@ class _Layers(torch.nn.Module):
             for d in range(D):
                 i = li * D + d
                 out, h, c = self._run_layer(li, d, layer_in, None if h0 is None else h0[i],
-                                            None if c0 is None else c0[i], lengths)
+                                            None if c0 is None else c0[i], lengths, zero_past=not packed)
                 outs.append(out)
                 h_n.append(h)
                 c_n.append(c)

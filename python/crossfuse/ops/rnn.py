@@ -160,9 +160,17 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
         if step is not None:
             hy, cy, ws = step if need_ws else (*step, None)
             return hy.unsqueeze(0), None if cy is None else cy.unsqueeze(0), None if ws is None else ws.unsqueeze(0)
+    gi_rows = None
     if cpu32:  # on CPU a GEMM with a bias first copies it into every row of gi: the recurrence adds b_ih instead
         GH = w_ih.shape[0]  # gi never leaves this call: a reused buffer (no page faults)
-        gi = _gemm.mm(x.reshape(T * B, I), w_ih.t(), out=_backend.scratch(T * B * GH).view(T * B, GH)).view(T, B, GH)
+        going = _rows_going(lengths, T, B)
+        if going is not None:  # lengths that never increase (a PackedSequence): the projection of those rows only
+            mask, gi_rows = going
+            xs = x[mask]  # (rows, I) in step order, as a PackedSequence's data
+            gi = _gemm.mm(xs, w_ih.t(), out=_backend.scratch(xs.shape[0] * GH).view(-1, GH)).view(-1, 1, GH)
+        else:
+            gi = _gemm.mm(x.reshape(T * B, I), w_ih.t(),
+                          out=_backend.scratch(T * B * GH).view(T * B, GH)).view(T, B, GH)
     else:
         gi = torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H), b_ih folded in
     new = _backend.empty
@@ -179,9 +187,10 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
         lens = None if lengths is None else lengths.to(torch.int64).contiguous()
         keep = [*map(_contig, (w_hh, b_ih, b_hh, h0, c0)), lens]  # alive until the call returns
         packed, gates = _kept_packed_w_hh(kind, w_hh, T, B)
-        _backend.ext.cpu.rnn_sequence(KINDS[kind], T, B, H, gi.data_ptr(), gi.stride(0), gi.stride(1),
+        sgt, sgb = (0, GH) if gi_rows is not None else (gi.stride(0), gi.stride(1))
+        _backend.ext.cpu.rnn_sequence(KINDS[kind], T, B, H, gi.data_ptr(), sgt, sgb,
                                       *map(_ptr, keep), reverse, hs.data_ptr(), _ptr(cs), _ptr(ws),
-                                      torch.get_num_threads(), _ptr(packed), gates)
+                                      torch.get_num_threads(), _ptr(packed), gates, _ptr(gi_rows))
         return hs, cs, ws
     if backend == "triton" and _triton_rnn().fits(B, H):
         _triton_rnn().forward(kind, gi.contiguous(), w_hh.contiguous(), None if b_hh is None else b_hh.contiguous(),
@@ -203,6 +212,24 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
         h = hs[t]
         c = None if cs is None else cs[t]
     return hs, cs, ws
+
+
+def _rows_going(lengths, T, B):
+    """(mask (T, B) of the rows still going at each step, each step's first row among them) where lengths never
+    increase and leave a good share of the T x B rows out (a PackedSequence's random lengths: about half), else
+    None: the input projection then runs on those rows alone (LSTM T=100 B=8 H=256 packed forward on the Xeon VM:
+    1.35 of 3.7 ms)."""
+    if lengths is None or B < 2 or T * B < 64:
+        return None
+    lens = lengths.to(torch.int64)
+    if not bool((lens[1:] <= lens[:-1]).all()):
+        return None
+    going = (lens[None, :] > torch.arange(T)[:, None])  # (T, B): row b runs step t
+    per_step = going.sum(1)
+    total = int(per_step.sum())
+    if total > 0.9 * T * B:  # hardly any padding: the plain GEMM
+        return None
+    return going, (torch.cumsum(per_step, 0) - per_step).contiguous()
 
 
 def _backward_steps_cpu(kind, dout, dhT, dcT, h0, c0, w_hh, hs, cs, ws, lengths, reverse, dgi, dgh):
@@ -450,7 +477,11 @@ def _one_step(kind, op, input, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
     return hy.unsqueeze(0), hy, cy
 
 
-def layer(kind, input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, backend=None):
+def layer(kind, input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, backend=None,
+          zero_past=True):
+    """One layer, one direction: (out, h_n, c_n or None). zero_past=False leaves the outputs past each length as
+    they come (the state carried on) where no gradient is recorded, for a caller that drops them (the modules
+    re-packing a PackedSequence): it saves a pass over the outputs."""
     op = _op_of(kind)
     if lengths is None:
         out = _one_step(kind, op, input, h0, c0, w_ih, w_hh, b_ih, b_hh, backend)
@@ -470,7 +501,7 @@ def layer(kind, input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None
     if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh):
         return _LayerFunction.apply(kind, chosen, lengths, reverse, input, h0, c0, w_ih, w_hh, b_ih, b_hh)
     hs, cs, _ = layer_forward(kind, chosen, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, False)
-    return _outputs(hs, cs, lengths, reverse)
+    return _outputs(hs, cs, lengths if zero_past else None, reverse)
 
 
 def lstm(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, backend=None):
