@@ -307,8 +307,9 @@ def _check_no_grad(kind, t):
 
 def check_packed_step(kind, B, I, H, variant, monkeypatch):
     """LSTM, RNN, and GRU up to 16 rows: the first call with a set of weights runs on them as they are, the second
-    repacks them and runs on the copies, as does the third (the RNN's by blocks of 32 units). Outputs (no grad) and then every
-    gradient (autograd, the same leaves twice: the forward keeps its workspace) match the float64 reference."""
+    repacks them and runs on the copies, as does the third (the RNN's by blocks of 32 units). Outputs (no grad)
+    and then every gradient (autograd, the same leaves twice: the forward keeps its workspace) match the float64
+    reference."""
     seen = _record_packed(monkeypatch)
     t = make_inputs(kind, B, I, H, variant, torch.float32, "cpu")
     for _ in range(3):

@@ -201,11 +201,11 @@ _STEP_MAX_BATCH = _backend.ext.cpu.cell_step_max_batch if _backend.ext is not No
 
 
 def _cpu_step_plan(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    """(x a 2-D CPU tensor) What the single-call C++ step (cpu backend, fp32, small batch, unit-stride rows) needs to run these
-    arguments: (B, I, H, x's, hx's and cx's row strides, _step_weights' answer), or None where it does not take
-    them (the general path, with its full checks, runs instead). At these sizes the Python around the kernel
-    costs as much as the kernel: the weights' checks are cached (_step_weights) and every check here is a cheap
-    attribute test (about 0.1 us each)."""
+    """What the single-call C++ step (cpu backend, fp32, small batch, unit-stride rows) needs to run these
+    arguments (x a 2-D CPU tensor): (B, I, H, x's, hx's and cx's row strides, _step_weights' answer), or None
+    where it does not take them (the general path, with its full checks, runs instead). At these sizes the Python
+    around the kernel costs as much as the kernel: the weights' checks are cached (_step_weights) and every check
+    here is a cheap attribute test (about 0.1 us each)."""
     f32 = _F32
     if x.dtype is not f32:
         return None
@@ -255,17 +255,17 @@ def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
 # weakrefs, not ids, tell a tensor made anew each call (whose memory and id may be the last one's) from the same
 # tensor.
 _STEP_WEIGHTS: dict[int, list] = {}
-# Weights repacked by blocks of hidden units (P[block][k][gate][unit], as the sequence's recurrence streams them;
-# an RNN's blocks of 32 units as 4 gates of 8): every multiply-add then takes a whole vector of units, where the
-# row-major weights need a horizontal sum per unit. GRU's 3 gates are padded to 4 (ext.cpu.cell_packed_gates), so its rows of 32 weights run
-# on the same 512-bit kernels; with 3 gates of 8 units they ran slower than the row-major weights at B=64 H=1024
-# (5.8 ms against 4.3). On the 2-core Xeon dev VM (AVX-512), forward steps: LSTM B=8 H=256 43 us against 77,
-# B=64 H=1024 4.2 ms against 5.7 (at the AVX2 level 72 us against 109, 8.2 ms against 9.8); GRU B=8 H=256 42-43 us
-# against 58. GRU's only up to one pass of rows (16, ext.cpu.cell_pass_rows; the C++ step's rule too): at B=64
-# H=1024 they ran 7% slower at the AVX2 level, and 15-20% slower with AVX-512 once other work had taken them out of
-# cache. Made on the second call that sees the same weights, so a loop that updates them every call never pays for
-# a copy it does not reuse. The copies cost as much memory as the weights (GRU's a third more);
-# CROSSFUSE_CPU_PACK_WEIGHTS=0 turns them off.
+# Weights repacked by blocks of hidden units (P[block][k][gate][unit], as the sequence's recurrence streams them; an
+# RNN's blocks of 32 units as 4 gates of 8): every multiply-add then takes a whole vector of units, where the row-major
+# weights need a horizontal sum per unit. GRU's 3 gates are padded to 4 (ext.cpu.cell_packed_gates), so its rows of 32
+# weights run on the same 512-bit kernels; with 3 gates of 8 units they ran slower than the row-major weights at B=64
+# H=1024 (5.8 ms against 4.3). On the 2-core Xeon dev VM (AVX-512), forward steps: LSTM B=8 H=256 43 us against 77, B=64
+# H=1024 4.2 ms against 5.7 (at the AVX2 level 72 us against 109, 8.2 ms against 9.8); GRU B=8 H=256 42-43 us against
+# 58. GRU's only up to one pass of rows (16, ext.cpu.cell_pass_rows; the C++ step's rule too): at B=64 H=1024 they ran
+# 7% slower at the AVX2 level, and 15-20% slower with AVX-512 once other work had taken them out of cache. Made on the
+# second call that sees the same weights, so a loop that updates them every call never pays for a copy it does not
+# reuse. The copies cost as much memory as the weights (GRU's a third more); CROSSFUSE_CPU_PACK_WEIGHTS=0 turns them
+# off.
 _PACK_WEIGHTS = os.environ.get("CROSSFUSE_CPU_PACK_WEIGHTS", "1") != "0"
 _PACK_GRU_MAX_BATCH = _backend.ext.cpu.cell_pass_rows if _backend.ext is not None else 0
 
