@@ -187,8 +187,11 @@ PYBIND11_MODULE(_C, m) {
   cpu.def("cell_packed_gates", [](int kind) { return step_packed_gates(kind); });
   // floats in pack_cell_weight's `out`
   cpu.def("cell_packed_floats", [](int kind, int64_t H, int64_t K) { return packed_floats(kind, H, K); });
-  // whether rnn_sequence packs w_hh (or takes w_packed) for these sizes
-  cpu.def("sequence_packs", [](int kind, int64_t T, int64_t B, int64_t H) { return sequence_packs(kind, T, B, H); });
+  // whether rnn_sequence runs on a packed w_hh (and takes w_packed) for these sizes and threads
+  cpu.def("sequence_packs", [](int kind, int64_t T, int64_t B, int64_t H, int threads) {
+    const bool pack = sequence_packs(kind, T, B, H);
+    return pack && !rows_forward(kind, B, pack, cpu_threads(threads));
+  });
   cpu.attr("cell_pass_rows") = kSmallMaxBatch;  // batch rows per pass over a block's weights (GRU's copies: up to it)
   // The cuda backend's single-launch cell step run on host threads (a test double: `nthreads` threads per block).
   cpu.def("cell_step_emulate", [](int kind, int dtype, int64_t B, int64_t I, int64_t H, const std::vector<uintptr_t>& p,

@@ -78,7 +78,10 @@ ISA_SHAPES = [(5, 1, 29, 37, None, False, True), (4, 2, 16, 40, (4, 1), True, Tr
               (3, 9, 8, 137, (3, 1, 3, 0, 2, 3, 3, 1, 2), False, True), (3, 3, 5, 300, None, True, True),
               # past one pass of rows (16 + 16 + 5), packed too: unsorted lengths, then the prefix of a packed batch
               (4, 37, 6, 40, tuple((i * 7) % 5 for i in range(37)), False, True),
-              (5, 37, 6, 21, tuple(sorted(((i * 3) % 6 for i in range(37)), reverse=True)), True, False)]
+              (5, 37, 6, 21, tuple(sorted(((i * 3) % 6 for i in range(37)), reverse=True)), True, False),
+              # 130 rows: each thread its own rows, a GEMM per step on the shared BLAS (where torch's is shared)
+              (4, 130, 6, 20, tuple((i * 7) % 5 for i in range(130)), False, True),
+              (5, 130, 6, 19, tuple(sorted(((i * 7) % 6 for i in range(130)), reverse=True)), True, False)]
 
 
 @pytest.mark.parametrize("isa", isa_cases())
@@ -298,6 +301,20 @@ def test_packed_inference_matches_torch_nn(cls):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for b in range(B):
         assert (out_l[int(lengths[b]):, b] == 0).all()
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_lengths_all_zero(cls):
+    """lengths= of zeros (no row takes a step; T x B = 90, where other lengths that never increase get the
+    projection of the rows still going only): outputs 0, final states the initial ones."""
+    m = getattr(crossfuse.nn, cls)(6, 20)
+    x, h0 = torch.randn(10, 9, 6), torch.randn(1, 9, 20)
+    hx = (h0, torch.randn(1, 9, 20)) if cls == "LSTM" else h0
+    with torch.no_grad():
+        out, st = m(x, hx, lengths=torch.zeros(9, dtype=torch.long))
+    assert (out == 0).all()
+    for a, b in zip(st if isinstance(st, tuple) else (st,), hx if isinstance(hx, tuple) else (hx,)):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])

@@ -47,7 +47,81 @@ int64_t active_rows(const int64_t* lengths, int64_t B, int64_t t) {
   while (rows < B && t < lengths[rows]) ++rows;
   return rows;
 }
+
+// Step t's input gates (its first row).
+const float* seq_gi_at(const SeqArgs& s, int64_t t) {
+  return s.gi_rows ? s.gi + s.gi_rows[t] * s.sgb : s.gi + t * s.sgt;
+}
+
+// Rows [b0, b1) of step t keep their state (past their length, or before it in reverse): hy = hx, cy = cx (zeros
+// without one), no gates.
+void carry_rows(const SeqArgs& s, int64_t t, const float* hx, const float* cx, int64_t b0, int64_t b1, int64_t j0,
+                int64_t j1) {
+  const int64_t H = s.H, BH = s.B * H;
+  for (int64_t b = b0; b < b1; ++b) {
+    float* hy = s.hs + t * BH + b * H;
+    if (hx) std::copy(hx + b * H + j0, hx + b * H + j1, hy + j0); else std::fill(hy + j0, hy + j1, 0.f);
+    if (s.cs) {
+      float* cy = s.cs + t * BH + b * H;
+      if (cx) std::copy(cx + b * H + j0, cx + b * H + j1, cy + j0); else std::fill(cy + j0, cy + j1, 0.f);
+    }
+    if (s.ws) {
+      float* w = s.ws + t * 4 * BH + b * 4 * H;
+      for (int k = 0; k < 4; ++k) std::fill(w + k * H + j0, w + k * H + j1, 0.f);
+    }
+  }
+}
+
+// Many rows: each thread takes its own rows through the whole sequence (a row's state never reads another's: no
+// barrier), per step gh = h W_hh^T for them as one GEMM on the BLAS torch shares, then cell_cpu.h's gate math.
+template <int KIND>
+void sequence_by_rows(const SeqArgs& s, int threads, bool prefix) {
+  const int64_t T = s.T, B = s.B, H = s.H, BH = B * H, GH = cell_gates(KIND) * H;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+  {
+    const auto [nt, id] = thread_slot();
+    const int64_t per = (B + nt - 1) / nt, r0 = std::min(B, id * per), r1 = std::min(B, r0 + per);
+    std::vector<float> gh(std::max<int64_t>(r1 - r0, 0) * GH);
+    for (int64_t step = 0; step < T && r0 < r1; ++step) {
+      const int64_t t = s.reverse ? T - 1 - step : step, p = s.reverse ? t + 1 : t - 1;
+      const float* hx = step == 0 ? s.h0 : s.hs + p * BH;
+      const float* cx = step == 0 ? s.c0 : (s.cs ? s.cs + p * BH : nullptr);
+      const int64_t go = prefix ? std::clamp(active_rows(s.lengths, B, t), r0, r1) : r1;  // rows [r0, go) step
+      if (hx && go > r0)
+        sgemm_one_thread(go - r0, GH, H, 1.f, hx + r0 * H, H, 1, s.w_hh, 1, H, 0.f, gh.data(), GH);
+      CellArgs a;
+      a.kind = KIND; a.dtype = kFloat32; a.B = B; a.H = H; a.threads = 1;
+      a.v[kGi] = View{const_cast<float*>(seq_gi_at(s, t)), s.sgb, 1};
+      if (hx) a.v[kGh] = View{gh.data() - r0 * GH, GH, 1};  // indexed by the rows' own numbers
+      a.v[kBih] = View{const_cast<float*>(s.b_ih), 0, 1};
+      a.v[kBhh] = View{const_cast<float*>(s.b_hh), 0, 1};
+      a.v[kHx] = View{const_cast<float*>(hx), H, 1};
+      a.v[kCx] = View{const_cast<float*>(cx), H, 1};
+      a.v[kHy] = View{s.hs + t * BH, H, 1};
+      a.v[kCy] = View{s.cs ? s.cs + t * BH : nullptr, H, 1};
+      a.v[kWs] = View{s.ws ? s.ws + t * 4 * BH : nullptr, 4 * H, 1};
+      if (go > r0) cell_forward_rows<float, KIND>(a, r0, go);
+      carry_rows(s, t, hx, cx, go, r1, 0, H);
+      if (s.lengths && !prefix)  // unsorted lengths: the rows past theirs (computed above) keep their state
+        for (int64_t b = r0; b < r1; ++b)
+          if (t >= s.lengths[b]) carry_rows(s, t, hx, cx, b, b + 1, 0, H);
+    }
+  }
+}
 }  // namespace
+
+// Whether the forward runs sequence_by_rows: with the BLAS torch shares, from 64 rows a thread (an RNN's, 32; 16
+// where w_hh would not be packed: GRU past hidden 512). On the Xeon VM, forward vs torch.nn, row split against the
+// packed GEMV: LSTM T=50 B=256 H=256 0.95x against 0.87x, T=50 B=128 H=256 0.88 / 0.81, T=20 B=128 H=512 0.87 /
+// 0.89, but B=32 H=512 0.69 / 0.94 (every step's GEMM packs W_hh for few rows); GRU T=20 B=128 H=512 1.03 / 0.97,
+// T=20 B=64 H=1024 0.99 / 0.93 (row-dot GEMV); RNN T=50 B=256 H=256 1.34 / 0.97, B=64 H=512 1.24 / 1.10, B=32 H=512
+// 1.33 / 1.51.
+bool rows_forward(int kind, int64_t B, bool pack, int threads) {
+  const int64_t rows = B / std::max(threads, 1);
+  return has_blas_sgemm() && (rows >= 64 || (cell_gates(kind) == 1 && rows >= 32) || (!pack && rows >= 16));
+}
 
 // One parallel region for the whole sequence: each thread owns a range of hidden-unit blocks for every step
 // and the threads meet at one barrier per step (the next step reads every unit of this one's state), where a
@@ -73,7 +147,10 @@ void rnn_sequence_cpu(const SeqArgs& s) {
   // about half the rows' work).
   const bool prefix = prefix_lengths(s.lengths, B);
   if (s.gi_rows && !prefix) throw std::invalid_argument("rnn_sequence: gi_rows needs lengths that never increase");
-  auto gi_at = [&](int64_t t) { return s.gi_rows ? s.gi + s.gi_rows[t] * s.sgb : s.gi + t * s.sgt; };
+  if (rows_forward(s.kind, B, pack, cpu_threads(s.threads))) {
+    dispatch_kind(s.kind, [&](auto k) { sequence_by_rows<decltype(k)::value>(s, cpu_threads(s.threads), prefix); });
+    return;
+  }
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
@@ -95,8 +172,8 @@ void rnn_sequence_cpu(const SeqArgs& s) {
       a.cx = step == 0 ? s.c0 : (s.cs ? s.cs + p * BH : nullptr);
       a.sh = a.sc = a.shy = a.scy = H;
       a.w_hh = s.w_hh; a.b_hh = s.b_hh; a.b_ih = s.b_ih;
-      a.gi_pre = gi_at(t); a.sgi = s.sgb;
-      if (step + 1 < T) a.gi_next = gi_at(s.reverse ? t - 1 : t + 1);
+      a.gi_pre = seq_gi_at(s, t); a.sgi = s.sgb;
+      if (step + 1 < T) a.gi_next = seq_gi_at(s, s.reverse ? t - 1 : t + 1);
       a.hy = s.hs + t * BH;
       a.cy = s.cs ? s.cs + t * BH : nullptr;
       a.ws = s.ws ? s.ws + t * 4 * BH : nullptr; a.sws = 4 * H;
@@ -106,16 +183,7 @@ void rnn_sequence_cpu(const SeqArgs& s) {
       if (step > 0 && j0 < j1)  // the other threads' units of the last state: in flight together, not one by one
         for (int64_t i = 0; i < BH; i += 16) __builtin_prefetch(a.hx + i, 0, 3);
       if (j0 < j1 && rows > 0) cell_step_range_cpu(a, j0, j1);
-      for (int64_t b = rows; b < B && j0 < j1; ++b) {  // past the prefix: this thread's units carry over
-        float* hy = a.hy + b * H;
-        if (a.hx) std::copy(a.hx + b * H + j0, a.hx + b * H + j1, hy + j0); else std::fill(hy + j0, hy + j1, 0.f);
-        if (a.cy) {
-          float* cy = a.cy + b * H;
-          if (a.cx) std::copy(a.cx + b * H + j0, a.cx + b * H + j1, cy + j0); else std::fill(cy + j0, cy + j1, 0.f);
-        }
-        if (a.ws)
-          for (int k = 0; k < 4; ++k) std::fill(a.ws + b * 4 * H + k * H + j0, a.ws + b * 4 * H + k * H + j1, 0.f);
-      }
+      if (j0 < j1) carry_rows(s, t, a.hx, a.cx, rows, B, j0, j1);  // past the prefix: this thread's units
 #if defined(_OPENMP)
 #pragma omp barrier
 #endif

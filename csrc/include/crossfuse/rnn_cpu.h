@@ -6,8 +6,10 @@ namespace crossfuse {
 
 // Sequences from this many steps run on w_hh packed by unit block (see sequence_packs).
 constexpr int64_t kPackMinSteps = 4;  // the repack costs about one step's weight traffic
-// Whether the recurrence of `kind` runs on a packed w_hh (csrc/cpu/rnn_sequence.cpp).
+// Whether the recurrence of `kind` runs on a packed w_hh (csrc/cpu/rnn_sequence.cpp), unless rows_forward.
 bool sequence_packs(int kind, int64_t T, int64_t B, int64_t H);
+// Whether the forward splits the rows over `threads` threads, a GEMM per step (csrc/cpu/rnn_sequence.cpp).
+bool rows_forward(int kind, int64_t B, bool pack, int threads);
 
 struct SeqArgs {
   int kind = 0;

@@ -90,7 +90,7 @@ _SEQ_PACKED: dict[int, list] = {}
 def _kept_packed_w_hh(kind, w_hh, T, B):
     """(the packed copy or None, its gates per k) for rnn_sequence's w_packed."""
     cpu = _backend.ext.cpu
-    if (not _cell_ops._PACK_WEIGHTS or not cpu.sequence_packs(KINDS[kind], T, B, w_hh.shape[1])
+    if (not _cell_ops._PACK_WEIGHTS or not cpu.sequence_packs(KINDS[kind], T, B, w_hh.shape[1], torch.get_num_threads())
             or (kind == "gru" and cpu.isa() < 4) or not w_hh.is_contiguous()):
         return None, 0  # where the C++ runs unpacked, or packs GRU's 3 gates unpadded
     try:
@@ -227,7 +227,7 @@ def _rows_going(lengths, T, B):
     going = (lens[None, :] > torch.arange(T)[:, None])  # (T, B): row b runs step t
     per_step = going.sum(1)
     total = int(per_step.sum())
-    if total > 0.9 * T * B:  # hardly any padding: the plain GEMM
+    if total == 0 or total > 0.9 * T * B:  # no rows at all, or hardly any padding: the plain GEMM
         return None
     return going, (torch.cumsum(per_step, 0) - per_step).contiguous()
 
