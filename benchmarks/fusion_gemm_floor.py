@@ -6,15 +6,12 @@ Measured in the same interleaved rounds as eager and crossfuse, shapes as in `py
 fusions` (B = 256, input_dims [2048, 2048], mm_dim 1600, chunks 20, rank 15, factor 2, output 3000).
 Run: python benchmarks/fusion_gemm_floor.py [--out DIR] [Block Mutan MFB]"""
 import argparse
-import datetime
-import json
-import os
 
 import torch
 
 from crossfuse import use_backend
 from crossfuse.bench import fusions as F
-from crossfuse.bench.runner import device_name, median_times, slug
+from crossfuse.bench.runner import median_times, write_table
 from crossfuse.reference import fusions as ref
 
 B = 256
@@ -74,21 +71,8 @@ def main():
         rows.append(row)
         print(row, flush=True)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        dev_name = device_name(dev)
-        base = os.path.join(args.out, f"{slug(dev_name)}-{datetime.date.today()}-fusion-gemm-floor")
-        with open(base + ".json", "w") as f:
-            json.dump({"device": dev_name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                       "rows": rows}, f, indent=1)
-        keys = list(rows[0])
-        with open(base + ".md", "w") as f:
-            f.write(f"# Fusions' GEMM floor on {dev_name} (torch {torch.__version__}, "
-                    f"{torch.get_num_threads()} threads), forward+backward\n\n{__doc__}\n\n")
-            f.write("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n")
-            for r in rows:
-                f.write("| " + " | ".join(str(r[k]) for k in keys) + " |\n")
+        base = write_table(rows, args.out, "fusion-gemm-floor", "Fusions' GEMM floor, forward+backward", __doc__)
         print("wrote", base + ".json", base + ".md")
-
 
 if __name__ == "__main__":
     main()

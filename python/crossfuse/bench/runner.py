@@ -186,6 +186,25 @@ def plot(rows: list[dict], path: str, title: str) -> bool:
     return True
 
 
+def write_table(rows: list[dict], out_dir: str, name: str, title: str, doc: str) -> str:
+    """A benchmark script's rows (dicts with the same keys) as <cpu device>-<date>-<name>.json and .md in out_dir;
+    returns the path without its extension."""
+    os.makedirs(out_dir, exist_ok=True)
+    dev_name = device_name(torch.device("cpu"))
+    base = os.path.join(out_dir, f"{slug(dev_name)}-{datetime.date.today()}-{name}")
+    with open(base + ".json", "w") as f:
+        json.dump({"device": dev_name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "rows": rows}, f, indent=1)
+    keys = list(rows[0]) if rows else []
+    with open(base + ".md", "w") as f:
+        f.write(f"# {title} on {dev_name} (torch {torch.__version__}, {torch.get_num_threads()} threads)\n\n"
+                f"{doc}\n\n")
+        f.write("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n")
+        for r in rows:
+            f.write("| " + " | ".join(str(r[k]) for k in keys) + " |\n")
+    return base
+
+
 def write_results(rows: list[dict], device: torch.device, out_dir: str, quick: bool, suffix: str = "") -> list[str]:
     name = device_name(device)
     date = datetime.date.today().isoformat()
