@@ -141,8 +141,6 @@ void rnn_sequence_cpu(const SeqArgs& s) {
   // Xeon dev VM, GRU forward T=100 B=8 H=256 3.5-3.6 ms against 4.25, T=100 B=16 H=512 25.7-26.2 against 28.9-29.1)
   const bool padded = pack && G == 3 && cpu_isa() >= 4;
   const int64_t GP = padded || G == 1 ? step_packed_gates(s.kind) : G;
-  const float* given = pack && s.w_packed && s.packed_gates == GP ? s.w_packed : nullptr;
-  std::vector<float> packed(pack && !given ? blocks * H * GP * kSmallUnits : 0);
   // With prefix lengths a step runs on its active rows alone and the others carry their state (random lengths:
   // about half the rows' work).
   const bool prefix = prefix_lengths(s.lengths, B);
@@ -151,6 +149,8 @@ void rnn_sequence_cpu(const SeqArgs& s) {
     dispatch_kind(s.kind, [&](auto k) { sequence_by_rows<decltype(k)::value>(s, cpu_threads(s.threads), prefix); });
     return;
   }
+  const float* given = pack && s.w_packed && s.packed_gates == GP ? s.w_packed : nullptr;
+  std::vector<float> packed(pack && !given ? blocks * H * GP * kSmallUnits : 0);
 #if defined(_OPENMP)
 #pragma omp parallel num_threads(threads) if (threads > 1)
 #endif
