@@ -31,7 +31,7 @@ struct SmallCellArgs {
   float* ws = nullptr;
   const uint8_t* active = nullptr;
   int64_t sgi = 0, sws = 0;
-  // LSTM/GRU: w_hh repacked by unit block (pack_units_cpu), or null for the row-dot GEMV. A single step (no gi_pre)
+  // w_hh repacked by unit block (pack_units_cpu), or null for the row-dot GEMV. A single step (no gi_pre)
   // takes it only with w_ih_packed, w_ih packed the same way, both with step_packed_gates(kind) gates per k (the cpu
   // backend caches the two copies per weight pair).
   const float* w_packed = nullptr;
