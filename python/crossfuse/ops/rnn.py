@@ -90,8 +90,8 @@ _SEQ_PACKED: dict[int, list] = {}
 def _kept_packed_w_hh(kind, w_hh, T, B):
     """(the packed copy or None, its gates per k) for rnn_sequence's w_packed."""
     cpu = _backend.ext.cpu
-    if (not _cell_ops._PACK_WEIGHTS or not cpu.sequence_packs(KINDS[kind], T, B, w_hh.shape[1], torch.get_num_threads())
-            or (kind == "gru" and cpu.isa() < 4) or not w_hh.is_contiguous()):
+    if (not _cell_ops._PACK_WEIGHTS or (kind == "gru" and cpu.isa() < 4) or not w_hh.is_contiguous()
+            or not cpu.sequence_packs(KINDS[kind], T, B, w_hh.shape[1], torch.get_num_threads())):
         return None, 0  # where the C++ runs unpacked, or packs GRU's 3 gates unpadded
     try:
         key = (w_hh._version, w_hh.data_ptr(), w_hh.shape)
@@ -217,8 +217,8 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
 def _rows_going(lengths, T, B):
     """(mask (T, B) of the rows still going at each step, each step's first row among them) where lengths never
     increase and leave a good share of the T x B rows out (a PackedSequence's random lengths: about half), else
-    None: the input projection then runs on those rows alone (LSTM T=100 B=8 H=256 packed forward on the Xeon VM:
-    1.35 of 3.7 ms)."""
+    None: the input projection then runs on those rows alone (on the Xeon VM the projection of every row took 1.35
+    of an LSTM forward's 3.7 ms at T=100 B=8 H=256)."""
     if lengths is None or B < 2 or T * B < 64:
         return None
     lens = lengths.to(torch.int64)
