@@ -13,9 +13,9 @@ import os
 import weakref
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from crossfuse import _backend
+from crossfuse._autograd import once_differentiable
 from crossfuse.ops import _gemm
 
 KINDS = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_sigmoid": 2, "lstm": 3, "gru": 4}

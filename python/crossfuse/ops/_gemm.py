@@ -13,10 +13,10 @@ import ctypes
 import os
 
 import torch
-from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
 from crossfuse import _backend
+from crossfuse._autograd import once_differentiable
 
 _F32 = torch.float32
 _MIN_ROWS = 16

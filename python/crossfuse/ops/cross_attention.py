@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from crossfuse import _backend
+from crossfuse._autograd import once_differentiable
 
 OP = "cross_attention"
 _backend.register_op(OP, ("reference", "triton"))

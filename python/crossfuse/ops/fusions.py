@@ -19,10 +19,10 @@ from __future__ import annotations
 import importlib
 
 import torch
-from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 
 from crossfuse import _backend
+from crossfuse._autograd import once_differentiable
 from crossfuse.ops import _gemm
 
 OP = "product_pool"

@@ -16,9 +16,9 @@ import os
 import weakref
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from crossfuse import _backend
+from crossfuse._autograd import once_differentiable
 from crossfuse.ops import _cell as _cell_ops, _gemm
 from crossfuse.ops._cell import _CPU, BACKENDS, GATES, KINDS, _needs_grad, _try_cpu_step, run_kernel
 
