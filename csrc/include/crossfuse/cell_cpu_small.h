@@ -351,8 +351,9 @@ inline void packed_lstm_rows_v4(const float* P, const float* h, int64_t sh, int6
   }
 }
 
-// LSTM's GEMVs for one block of 8 units and NB rows (AVX-512, both packed copies): both into one set of register
-// accumulators, stored to pre[gate][row][u0 + unit] (row stride C) for the gate math.
+// LSTM's GEMVs for one block of 8 units and NB rows (AVX-512, packed copies): x's (a single step's; a sequence's
+// input gates are gi_pre) and h's into one set of register accumulators, stored to pre[gate][row][u0 + unit] (row
+// stride C) for the gate math.
 template <int NB, int64_t C>
 __attribute__((target("arch=x86-64-v4"))) void lstm_gemv_v4(const SmallCellArgs& a, int64_t blk, float* pre,
                                                              int64_t u0) {
@@ -375,7 +376,7 @@ __attribute__((target("arch=x86-64-v4"))) void lstm_gemv_v4(const SmallCellArgs&
       for (int s = 0; s < KS; ++s) step(s, k + s);
     for (; k < K; ++k) step(0, k);
   };
-  pass(a.w_ih_packed + blk * a.I * 32, a.x, a.sx, a.I);
+  if (!a.gi_pre) pass(a.w_ih_packed + blk * a.I * 32, a.x, a.sx, a.I);
   if (a.hx) pass(a.w_packed + blk * a.H * 32, a.hx, a.sh, a.H);
   for (int b = 0; b < NB; ++b)
     for (int v = 0; v < 2; ++v) {
@@ -386,32 +387,44 @@ __attribute__((target("arch=x86-64-v4"))) void lstm_gemv_v4(const SmallCellArgs&
     }
 }
 
-// LSTM's single step for rows [0, B), B <= 8, hidden units [j0, j1) (j0 a multiple of 8) with AVX-512 and both
-// packed copies: the GEMVs of C units' blocks, then the gate math over those C units as long vector loops. Gate
-// math block by block (lstm_block) waited on its chain of activations 16 times per 128 units, and the
-// accumulators went through memory between the two GEMVs (one thread's 128 units of B=2 H=256: 12.6-13.5 -> X us,
-// the GEMVs alone 9.2).
+// LSTM's step for rows [0, B), B <= 8, hidden units [j0, j1) (j0 a multiple of 8) with AVX-512 and packed copies
+// (a single step's two, or a sequence step's w_packed and its input gates gi_pre): the GEMVs of C units' blocks,
+// then the gate math over those C units as long vector loops. Gate math block by block (lstm_block) waited on its
+// chain of activations 16 times per 128 units, and a single step's accumulators went through memory between its
+// two GEMVs (one thread's 128 units of B=2 H=256: 12.6-13.5 -> 10.5-11.5 us, the GEMVs alone 9.2).
 template <int NB>
 __attribute__((target("arch=x86-64-v4"))) void lstm_step_range_v4(const SmallCellArgs& a, int64_t j0, int64_t j1) {
   constexpr int64_t C = 128;
   alignas(64) float pre[4][8][C];  // gate, row, unit
-  alignas(64) float bias[4][C], zeros[C];
+  alignas(64) float bias[4][C], zeros[C] = {};
   const int64_t H = a.H;
-  for (int64_t c = 0; c < C; ++c) zeros[c] = 0.f;
   for (int64_t c0 = j0; c0 < j1; c0 += C) {
     const int64_t n = std::min(C, j1 - c0);
+    if (a.gi_pre)  // the fresh input gates, asked for first: they arrive under the GEMVs
+      for (int b = 0; b < NB; ++b)
+        for (int k = 0; k < 4; ++k)
+          for (int64_t u = 0; u < n; u += 16) __builtin_prefetch(a.gi_pre + b * a.sgi + k * H + c0 + u, 0, 3);
     for (int64_t u = 0; u < n; u += 8) lstm_gemv_v4<NB, C>(a, (c0 + u) / 8, &pre[0][0][0], u);
     for (int k = 0; k < 4; ++k)
       for (int64_t u = 0; u < n; ++u)
         bias[k][u] = (a.b_ih ? a.b_ih[k * H + c0 + u] : 0.f) + (a.b_hh ? a.b_hh[k * H + c0 + u] : 0.f);
+    for (int b = 0; b < NB; ++b)
+      for (int k = 0; k < 4; ++k) {
+        float* p = pre[k][b];
+        if (a.gi_pre) {  // in lstm_block's order: gi + (gh + bias)
+          const float* gi = a.gi_pre + b * a.sgi + k * H + c0;
+          for (int64_t u = 0; u < n; ++u) p[u] = gi[u] + (p[u] + bias[k][u]);
+        } else {
+          for (int64_t u = 0; u < n; ++u) p[u] += bias[k][u];
+        }
+      }
     for (int b = 0; b < NB; ++b) {
       float *i = pre[0][b], *f = pre[1][b], *g = pre[2][b], *o = pre[3][b];
       const float* cp = a.cx ? a.cx + b * a.sc + c0 : zeros;
       float *cn = a.cy + b * a.scy + c0, *hn = a.hy + b * a.shy + c0;
       // in two loops, as lstm_block's
       for (int64_t l = 0; l < n; ++l) {
-        i[l] = cf_sigmoid(i[l] + bias[0][l]); f[l] = cf_sigmoid(f[l] + bias[1][l]);
-        g[l] = cf_tanh(g[l] + bias[2][l]); o[l] = cf_sigmoid(o[l] + bias[3][l]);
+        i[l] = cf_sigmoid(i[l]); f[l] = cf_sigmoid(f[l]); g[l] = cf_tanh(g[l]); o[l] = cf_sigmoid(o[l]);
         cn[l] = f[l] * cp[l] + i[l] * g[l];
       }
       for (int64_t l = 0; l < n; ++l) hn[l] = o[l] * cf_tanh(cn[l]);
@@ -610,7 +623,7 @@ CF_CPU_CLONES void small_cell_range(const SmallCellArgs& a, int64_t j0, int64_t 
   }
 #if CF_X86_CLONES
   if constexpr (KIND == kLstm) {
-    if (a.B <= 8 && !a.gi_pre && !a.active && a.w_ih_packed && a.I > 0 && (!a.hx || a.w_packed) &&
+    if (a.B <= 8 && !a.active && (a.gi_pre || (a.w_ih_packed && a.I > 0)) && (!a.hx || a.w_packed) &&
         small::has_v4())
       return small::lstm_step_range_rows_v4(a, j0, j1);
   }

@@ -64,10 +64,9 @@ def run_kernel(kind: str, backend: str, backward: bool, B: int, H: int, dtype: t
 def cell_forward(kind, backend, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws, plan=None):
     """Fused forward of one step: returns (hy, cy or None, workspace or None). On the cpu backend a step that
     fits the single-call kernel (fp32, small batch) is that one call, the GEMVs included (`plan`: its
-    _cpu_step_plan, where the caller has it)."""
+    _cpu_step plan, where the caller has it)."""
     if backend == "cpu":
-        out = (_run_cpu_step(kind, plan, x, hx, cx, need_ws) if plan is not None
-               else _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws))
+        out = _cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws, plan)
         if out is not None:
             return out if need_ws else (*out, None)
     B, H = x.shape[0], w_hh.shape[1]
@@ -200,35 +199,36 @@ _CPU = torch.device("cpu")
 _STEP_MAX_BATCH = _backend.ext.cpu.cell_step_max_batch if _backend.ext is not None else 0
 
 
-def _cpu_step_plan(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    """What the single-call C++ step (cpu backend, fp32, small batch, unit-stride rows) needs to run these
-    arguments (x a 2-D CPU tensor): (B, I, H, x's, hx's and cx's row strides, _step_weights' answer), or None
-    where it does not take them (the general path, with its full checks, runs instead). At these sizes the Python
-    around the kernel costs as much as the kernel: the weights' checks are cached (_step_weights) and every check
-    here is a cheap attribute test (about 0.1 us each)."""
-    f32 = _F32
-    if x.dtype is not f32:
-        return None
-    B, I = x.shape  # 2-D: the callers' test
-    sx = x.stride()
-    if B > _STEP_MAX_BATCH or sx[1] != 1:
-        return None
-    w = _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I, B)
-    if w is None:
-        return None
-    H = w[0]
-    sh = sc = (0, 1)
-    if hx is not None and (hx.dtype is not f32 or not hx.is_cpu or hx.shape != (B, H) or (sh := hx.stride())[1] != 1):
-        return None
-    if cx is not None and (cx.dtype is not f32 or not cx.is_cpu or cx.shape != (B, H) or (sc := cx.stride())[1] != 1):
-        return None
-    return B, I, H, sx[0], sh[0], sc[0], w
-
-
-def _run_cpu_step(kind, plan, x, hx, cx, need_ws=False):
-    """The single-call step on a _cpu_step_plan: (hy, cy), or with `need_ws` (hy, cy, ws), ws the activated
-    gates the backward reads."""
-    B, I, H, sx, sh, sc, w = plan
+def _cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False, plan=None, run=True):
+    """The single-call C++ step (cpu backend, fp32, small batch, unit-stride rows; x a 2-D CPU tensor, the
+    callers' test): (hy, cy), or with `need_ws` (hy, cy, ws), ws the activated gates the backward reads; None
+    where it does not take these arguments (the general path, with its full checks, runs instead). With
+    run=False only the checks: the plan to pass back as `plan` (which skips them), or None.
+    At these sizes the Python around the kernel costs as much as the kernel: one function, the weights' checks
+    cached (_step_weights) and every check here a cheap attribute test (about 0.1 us each)."""
+    if plan is None:
+        f32 = _F32
+        if x.dtype is not f32:
+            return None
+        B, I = x.shape
+        sx = x.stride()
+        if B > _STEP_MAX_BATCH or sx[1] != 1:
+            return None
+        w = _step_weights(kind, w_ih, w_hh, b_ih, b_hh, I, B)
+        if w is None:
+            return None
+        H = w[0]
+        sh = sc = (0, 1)
+        if hx is not None and (hx.dtype is not f32 or not hx.is_cpu or hx.shape != (B, H)
+                               or (sh := hx.stride())[1] != 1):
+            return None
+        if cx is not None and (cx.dtype is not f32 or not cx.is_cpu or cx.shape != (B, H)
+                               or (sc := cx.stride())[1] != 1):
+            return None
+        if not run:
+            return B, I, H, sx, sh, sc, w
+    else:
+        B, I, H, sx, sh, sc, w = plan
     if _backend.FILL_NAN:
         hy = x.new_full((B, H), float("nan"))
         cy = x.new_full((B, H), float("nan")) if kind == "lstm" else None
@@ -237,16 +237,10 @@ def _run_cpu_step(kind, plan, x, hx, cx, need_ws=False):
         cy = x.new_empty(B, H) if kind == "lstm" else None
     ws = _backend.empty((B, 4 * H), dtype=_F32, device=_CPU) if need_ws and kind in ("lstm", "gru") else None
     _backend.ext.cpu.cell_step(
-        KINDS[kind], B, I, H, x.data_ptr(), sx, 0 if hx is None else hx.data_ptr(), sh,
-        0 if cx is None else cx.data_ptr(), sc, *w[1], hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H,
+        KINDS[kind], B, I, H, x.data_ptr(), sx[0], 0 if hx is None else hx.data_ptr(), sh[0],
+        0 if cx is None else cx.data_ptr(), sc[0], *w[1], hy.data_ptr(), H, 0 if cy is None else cy.data_ptr(), H,
         0 if ws is None else ws.data_ptr(), torch.get_num_threads())
     return (hy, cy, ws) if need_ws else (hy, cy)
-
-
-def _try_cpu_step(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh, need_ws=False):
-    """_run_cpu_step where the single-call step takes the arguments, else None."""
-    plan = _cpu_step_plan(kind, x, hx, cx, w_ih, w_hh, b_ih, b_hh)
-    return None if plan is None else _run_cpu_step(kind, plan, x, hx, cx, need_ws)
 
 
 # The single-call step checks the weights once per set of tensors, their shapes, version counters and storage
@@ -420,14 +414,18 @@ def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend, module=None):
             or _backend.choose(op, _CPU, backend)
         if chosen == "cpu":
             try:
-                plan = _cpu_step_plan(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+                if not _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+                    out = _cpu_step(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+                    if out is not None:
+                        return out
+                    plan = None
+                else:
+                    plan = _cpu_step(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, run=False)
             except (AttributeError, TypeError, ValueError):
                 plan = None  # malformed arguments: the general path says what is wrong
-            if plan is not None:  # the arguments are checked: the step runs, with autograd where it is needed
-                if _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
-                    out = _CellFunction.apply(kind, "cpu", input, hx, cx, w_ih, w_hh, b_ih, b_hh, plan)
-                    return out if kind == "lstm" else (out, None)
-                return _run_cpu_step(kind, plan, input, hx, cx)
+            if plan is not None:  # the arguments are checked: the step runs in autograd's forward
+                out = _CellFunction.apply(kind, "cpu", input, hx, cx, w_ih, w_hh, b_ih, b_hh, plan)
+                return out if kind == "lstm" else (out, None)
     elif not compiling and type(input) is torch.Tensor and input.is_cuda and input.ndim == 2:
         chosen = _backend.choose(op, input.device, backend)
         if chosen == "cuda" and not _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh):

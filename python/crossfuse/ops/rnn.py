@@ -20,7 +20,7 @@ import torch
 from crossfuse import _backend
 from crossfuse._autograd import once_differentiable
 from crossfuse.ops import _cell as _cell_ops, _gemm
-from crossfuse.ops._cell import _CPU, BACKENDS, GATES, KINDS, _needs_grad, _try_cpu_step, run_kernel
+from crossfuse.ops._cell import _CPU, BACKENDS, GATES, KINDS, _cpu_step, _needs_grad, run_kernel
 
 OPS = ("rnn", "lstm", "gru")
 for _op in OPS:
@@ -156,7 +156,7 @@ def layer_forward(kind, backend, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev
     coop = _persistent_for(backend, kind, B, H, x)
     cpu32 = coop is None and backend == "cpu" and x.dtype == torch.float32
     if cpu32 and T == 1 and lengths is None:  # one step (a decoder's): the cells' single call, input GEMV included
-        step = _try_cpu_step(kind, x[0], h0, c0, w_ih, w_hh, b_ih, b_hh, need_ws)
+        step = _cpu_step(kind, x[0], h0, c0, w_ih, w_hh, b_ih, b_hh, need_ws)
         if step is not None:
             hy, cy, ws = step if need_ws else (*step, None)
             return hy.unsqueeze(0), None if cy is None else cy.unsqueeze(0), None if ws is None else ws.unsqueeze(0)
@@ -467,7 +467,7 @@ def _one_step(kind, op, input, h0, c0, w_ih, w_hh, b_ih, b_hh, backend):
     try:
         if _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh):
             return None
-        step = _try_cpu_step(kind, input[0], h0, c0, w_ih, w_hh, b_ih, b_hh)
+        step = _cpu_step(kind, input[0], h0, c0, w_ih, w_hh, b_ih, b_hh)
     except (AttributeError, TypeError, ValueError):
         return None  # malformed arguments: the general path says what is wrong
     if step is None:
