@@ -3,7 +3,7 @@
 - LSTMCell forward (no grad) at batch 1-8, hidden 128-256, and at batch 64, hidden 1024 (input size = hidden);
 - LSTM / GRU / RNN layers (one layer, input = hidden) at larger batches, forward (no grad) and forward+backward;
 - LSTM, T=100 B=8 H=256, forward against a torch.nn.LSTMCell loop, and on a PackedSequence of random lengths.
-Run: python benchmarks/cpu_shapes.py [--out DIR] [--quick]"""
+Run: python benchmarks/cpu_shapes.py [--out DIR] [--quick] [--suffix S]"""
 import argparse
 
 import torch
@@ -52,6 +52,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None, help="write <device>-<date>-cpu-shapes.json/.md here")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--suffix", default="", help="appended to the file name (...-cpu-shapes-SUFFIX)")
     args = ap.parse_args()
     rows = []
     for B, H in CELL_SHAPES:
@@ -94,7 +95,8 @@ def main():
         rows.append(_row(f"{cls} forward, PackedSequence (random lengths)", f"T={T} B={B} H={H}", t))
         print(rows[-1], flush=True)
     if args.out:
-        base = write_table(rows, args.out, "cpu-shapes", "CPU shapes against torch.nn", __doc__)
+        name = "cpu-shapes" + (f"-{args.suffix}" if args.suffix else "")
+        base = write_table(rows, args.out, name, "CPU shapes against torch.nn", __doc__)
         print("wrote", base + ".json", base + ".md")
 
 
