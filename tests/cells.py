@@ -282,8 +282,8 @@ def check_cuda_step(kind, dtype, B, I, H, variant, threads, device="cpu"):
 
 # The single-call step on repacked weights: H not a multiple of the 8-unit blocks (37, 13, 300), one unit, one
 # input feature; rows in one pass of up to 8, in passes of 16 (37 = 16 + 16 + 5) and at the step's limit (64); no
-# bias, no state; more units per thread than LSTM's AVX-512 step takes at once (300 on 2 threads: 128 + 24);
-# strided inputs (not the single-call step: nothing packed).
+# bias, no state; more units than LSTM's AVX-512 step takes at once (300: chunks of 128 and the rest, on 1 or 2
+# threads); strided inputs (not the single-call step: nothing packed).
 PACKED_SHAPES = [(1, 29, 37, "plain"), (1, 1, 1, "plain"), (8, 32, 24, "nobias"), (13, 7, 13, "nostate"),
                  (37, 20, 40, "plain"), (64, 9, 16, "plain"), (0, 5, 7, "plain"), (3, 13, 37, "strided"),
                  (2, 40, 300, "plain"), (5, 11, 300, "nostate")]
