@@ -76,6 +76,9 @@ ISA_SHAPES = [(5, 1, 29, 37, None, False, True), (4, 2, 16, 40, (4, 1), True, Tr
               (5, 11, 29, 37, None, False, False), (4, 16, 8, 24, (4, 3, 0, 4, 1, 2, 4, 4, 3, 2, 1, 4, 4, 2, 3, 4),
                                                     False, True),
               (3, 9, 8, 137, (3, 1, 3, 0, 2, 3, 3, 1, 2), False, True), (3, 3, 5, 300, None, True, True),
+              # LSTM's AVX-512 step (up to 8 rows, packed): more units than it takes at once (chunks of 128 and the
+              # rest), on the prefix of rows still going
+              (4, 5, 6, 300, (4, 4, 3, 2, 1), False, True),
               # past one pass of rows (16 + 16 + 5), packed too: unsorted lengths, then the prefix of a packed batch
               (4, 37, 6, 40, tuple((i * 7) % 5 for i in range(37)), False, True),
               (5, 37, 6, 21, tuple(sorted(((i * 3) % 6 for i in range(37)), reverse=True)), True, False),
