@@ -414,7 +414,7 @@ def cell(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh, backend, module=None):
             or _backend.choose(op, _CPU, backend)
         if chosen == "cpu":
             try:
-                if not (torch.is_grad_enabled() and _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh)):
+                if not _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
                     out = _cpu_step(kind, input, hx, cx, w_ih, w_hh, b_ih, b_hh)
                     if out is not None:
                         return out
